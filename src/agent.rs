@@ -1,0 +1,583 @@
+//! flotd: registers its host, holds the host's lease, and converges the host's systemd to the
+//! claims the engine gave it.
+//!
+//! Start-up is ordered so the agent never acts on a cold cache: it reuses or grants the lease,
+//! registers the machine, loads the whole keyspace and the state of every unit file it already
+//! has, and only then starts, stops or removes anything. That order is what keeps running units
+//! running (same main PID) across a restart of flotd within the lease's TTL.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use futures_util::future::join_all;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::engine::{self, EngineConfig};
+use crate::keyspace::{self, MachineRecord, RECORD_VERSION, StateRecord, Transition};
+use crate::lease::{self, Lease};
+use crate::mirror::{self, Mirror, SharedMirror};
+use crate::reconcile::{self, Action, Local, Want};
+use crate::store::Store;
+use crate::systemd::{self, Observed, Systemd};
+use crate::unit::UnitName;
+
+/// How flotd is configured; every field comes from a flag or a `FLOTD_*` variable.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// etcd client URLs.
+    pub endpoints: Vec<String>,
+    /// Key prefix in etcd.
+    pub prefix: String,
+    /// Lease time-to-live: how long a silent host keeps its units.
+    pub ttl: Duration,
+    /// The address published for this host.
+    pub public_ip: String,
+    /// This host's metadata for `MachineMetadata=`.
+    pub metadata: BTreeMap<String, String>,
+    /// Where the machine id is read from.
+    pub machine_id_file: PathBuf,
+    /// Where flotd keeps its unit files and its lease.
+    pub runtime_dir: PathBuf,
+    /// On SIGTERM leave units running and the lease alive, for a restart of flotd alone.
+    pub keep_units_on_exit: bool,
+    /// How long one unit may take to stop.
+    pub stop_timeout: Duration,
+}
+
+/// The shortest lease TTL accepted: below it a keepalive round trip is too large a share.
+pub const MIN_TTL: Duration = Duration::from_secs(3);
+
+impl AgentConfig {
+    /// Checks the configuration before anything touches etcd or systemd.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.ttl < MIN_TTL {
+            bail!(
+                "lease ttl {} is below the minimum of 3s",
+                humantime::format_duration(self.ttl)
+            );
+        }
+        if self.ttl.subsec_nanos() != 0 {
+            bail!("lease ttl must be a whole number of seconds");
+        }
+        if self.endpoints.is_empty() {
+            bail!("no etcd endpoints given");
+        }
+        Ok(())
+    }
+}
+
+/// Parses `key=value,key=value` metadata.
+pub fn parse_metadata(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut metadata = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("metadata entry {pair:?} is not key=value");
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty() || value.is_empty() {
+            bail!("metadata entry {pair:?} has an empty key or value");
+        }
+        if metadata
+            .insert(key.to_string(), value.to_string())
+            .is_some()
+        {
+            bail!("metadata key {key:?} is given twice");
+        }
+    }
+    Ok(metadata)
+}
+
+/// One thing the main loop reacts to.
+enum Event {
+    /// The mirror moved to a new revision.
+    Keyspace,
+    /// systemd reported a change on a unit.
+    Unit(UnitName),
+    /// A retry deadline passed.
+    Timer,
+    /// The lease is gone; the host's claims are gone with it.
+    LeaseLost,
+    /// SIGTERM or SIGINT.
+    Shutdown,
+}
+
+/// Runs the agent until `shutdown` is cancelled or the lease is lost.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.validate()?;
+    let machine_id = read_machine_id(&config)?;
+    let hostname = std::fs::read_to_string("/etc/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+
+    let store = Store::connect(&config.endpoints, &config.prefix).await?;
+    let unit_dir = config.runtime_dir.join("units");
+    let systemd = Systemd::connect(&unit_dir).await?;
+
+    let lease_file = config.runtime_dir.join("lease");
+    let lease = lease::acquire(&store, config.ttl, &lease_file).await?;
+    let record = MachineRecord {
+        version: RECORD_VERSION,
+        id: machine_id.clone(),
+        ip: config.public_ip.clone(),
+        hostname,
+        metadata: config.metadata.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    register(&store, &record, &lease, config.ttl).await?;
+    info!(machine.id = %machine_id, lease.id = lease.id, ttl = ?config.ttl, "host registered");
+
+    let tasks = CancellationToken::new();
+    let mirror: SharedMirror = Arc::new(RwLock::new(Mirror::default()));
+    let (changed_tx, mut changed_rx) = watch::channel(0);
+    tokio::spawn(mirror::run(
+        store.clone(),
+        mirror.clone(),
+        changed_tx,
+        tasks.clone(),
+    ));
+
+    let (lost_tx, mut lost_rx) = mpsc::channel(1);
+    tokio::spawn(lease::keep_alive(
+        store.clone(),
+        lease.clone(),
+        lost_tx,
+        tasks.clone(),
+    ));
+
+    let (unit_tx, mut unit_rx) = mpsc::channel(1024);
+    let follower = systemd.clone();
+    tokio::spawn(async move {
+        if let Err(error) = follower.follow_changes(unit_tx).await {
+            error!(error = %format!("{error:#}"), "lost systemd's signals");
+        }
+    });
+
+    // The cold-cache rule: no decision before the first full listing.
+    while !mirror.read().expect("mirror lock").ready() {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            result = changed_rx.changed() => result.context("keyspace mirror stopped")?,
+        }
+    }
+    let engine_config = EngineConfig {
+        machine: machine_id.clone(),
+        lease: lease.id,
+    };
+    tokio::spawn(engine::run(
+        store.clone(),
+        mirror.clone(),
+        changed_rx.clone(),
+        engine_config,
+        tasks.clone(),
+    ));
+
+    let mut agent = Agent::new(
+        store.clone(),
+        systemd,
+        machine_id.clone(),
+        lease.id,
+        &config,
+    )
+    .await?;
+    let outcome = loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => Event::Shutdown,
+            _ = lost_rx.recv() => Event::LeaseLost,
+            result = changed_rx.changed() => match result {
+                Ok(()) => Event::Keyspace,
+                Err(_) => Event::LeaseLost,
+            },
+            Some(unit) = unit_rx.recv() => Event::Unit(unit),
+            () = sleep_until(agent.next_wake()) => Event::Timer,
+        };
+        match event {
+            Event::Shutdown => break Ok(()),
+            Event::LeaseLost => break Err(anyhow!("the lease of this host expired")),
+            Event::Unit(unit) => {
+                agent.dirty.insert(unit);
+                // Take every change already queued, so a burst costs one pass.
+                while let Ok(unit) = unit_rx.try_recv() {
+                    agent.dirty.insert(unit);
+                }
+            }
+            Event::Keyspace | Event::Timer => {}
+        }
+        let wants = wants(&mirror.read().expect("mirror lock"), &machine_id);
+        agent.converge(&wants).await;
+    };
+
+    tasks.cancel();
+    match &outcome {
+        Ok(()) if config.keep_units_on_exit => {
+            info!(
+                lease.id = lease.id,
+                "leaving units running and the lease alive"
+            );
+        }
+        _ => {
+            info!("stopping local units");
+            agent.converge(&BTreeMap::new()).await;
+            if outcome.is_ok() {
+                lease::release(&store, &lease, &lease_file).await;
+            } else {
+                let _ = std::fs::remove_file(&lease_file);
+            }
+            info!("shutdown complete");
+        }
+    }
+    outcome
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn read_machine_id(config: &AgentConfig) -> anyhow::Result<String> {
+    let path = &config.machine_id_file;
+    let id = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read the machine id from {}", path.display()))?;
+    let id = id.trim().to_string();
+    if !keyspace::is_machine_id(&id) {
+        bail!(
+            "{} does not hold a machine id (32 lower-case hex digits)",
+            path.display()
+        );
+    }
+    Ok(id)
+}
+
+/// Writes the machine record under the lease, refusing to overwrite another live host's.
+async fn register(
+    store: &Store,
+    record: &MachineRecord,
+    lease: &Lease,
+    ttl: Duration,
+) -> anyhow::Result<()> {
+    let key = store.keys.machine(&record.id);
+    let value = keyspace::encode(record);
+    let deadline = Instant::now() + ttl + Duration::from_secs(2);
+    loop {
+        // Write if the key is absent or already ours (a restart within the TTL).
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                value.clone(),
+                Some(PutOptions::new().with_lease(lease.id)),
+            )])
+            .or_else([TxnOp::txn(
+                Txn::new()
+                    .when([Compare::lease(key.as_str(), CompareOp::Equal, lease.id)])
+                    .and_then([TxnOp::put(
+                        key.as_str(),
+                        value.clone(),
+                        Some(PutOptions::new().with_lease(lease.id)),
+                    )]),
+            )]);
+        let response = store
+            .client()
+            .txn(txn)
+            .await
+            .context("failed to register the host")?;
+        let nested_ok = response
+            .op_responses()
+            .iter()
+            .any(|op| matches!(op, etcd_client::TxnOpResponse::Txn(inner) if inner.succeeded()));
+        if response.succeeded() || nested_ok {
+            return Ok(());
+        }
+        // Another lease holds this id: either this host's previous life, which expires within
+        // one TTL, or a second host with a copied machine id, which never does.
+        if Instant::now() >= deadline {
+            let other = store.get::<MachineRecord>(&key).await?.map(|(r, _)| r);
+            let (ip, host) = other.map_or((String::new(), String::new()), |r| (r.ip, r.hostname));
+            bail!(
+                "machine id {} is already registered by another live host (ip {ip}, hostname \
+                 {host}); every host needs its own /etc/machine-id",
+                record.id
+            );
+        }
+        debug!(machine.id = %record.id, "waiting for an earlier registration to expire");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The units this host should have, from the mirror.
+fn wants(mirror: &Mirror, machine_id: &str) -> BTreeMap<UnitName, Want> {
+    let mut wants = BTreeMap::new();
+    let mine = mirror
+        .claims
+        .iter()
+        .filter(|(_, claim)| claim.machine == machine_id)
+        .map(|(name, _)| name)
+        .chain(
+            mirror
+                .global_claims
+                .iter()
+                .filter(|(_, copies)| copies.contains_key(machine_id))
+                .map(|(name, _)| name),
+        );
+    for name in mine {
+        let Some(record) = mirror.units.get(name) else {
+            continue;
+        };
+        let target = mirror.desired_state(name);
+        if !target.is_placed() {
+            continue;
+        }
+        wants.insert(
+            name.clone(),
+            Want {
+                hash: record.hash.clone(),
+                text: record.text.clone(),
+                target,
+            },
+        );
+    }
+    wants
+}
+
+/// How many transitions a state record keeps.
+const TRANSITIONS_KEPT: usize = 10;
+
+/// The agent's memory of its units between passes.
+struct Agent {
+    store: Store,
+    systemd: Systemd,
+    machine_id: String,
+    /// The lease state reports are bound to.
+    lease: i64,
+    stop_timeout: Duration,
+    /// Each unit file on disk with its hash.
+    installed: BTreeMap<UnitName, String>,
+    /// The last state read from systemd per unit.
+    observed: BTreeMap<UnitName, Observed>,
+    /// The last record written to etcd per unit.
+    reported: BTreeMap<UnitName, StateRecord>,
+    /// Local bookkeeping the reconciler decides from.
+    local: BTreeMap<UnitName, Local>,
+    /// Units whose systemd state must be read again.
+    dirty: BTreeSet<UnitName>,
+}
+
+impl Agent {
+    async fn new(
+        store: Store,
+        systemd: Systemd,
+        machine_id: String,
+        lease: i64,
+        config: &AgentConfig,
+    ) -> anyhow::Result<Agent> {
+        let installed = systemd.installed().await?;
+        let dirty = installed.keys().cloned().collect();
+        // Reports from this host's previous life are adopted, so unchanged units cost no write.
+        let mut reported = BTreeMap::new();
+        let listing = store
+            .list(&store.keys.dir(&format!("states/{machine_id}")))
+            .await?;
+        for kv in &listing.kvs {
+            let Some(keyspace::Key::State(_, name)) = store.keys.parse(kv.key()) else {
+                continue;
+            };
+            if let Ok(record) = keyspace::decode::<StateRecord>(kv.value()) {
+                reported.insert(name, record);
+            }
+        }
+        Ok(Agent {
+            store,
+            systemd,
+            machine_id,
+            lease,
+            stop_timeout: config.stop_timeout,
+            installed,
+            observed: BTreeMap::new(),
+            reported,
+            local: BTreeMap::new(),
+            dirty,
+        })
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        self.local.values().filter_map(|l| l.retry_at).min()
+    }
+
+    /// One reconcile pass: make systemd match `wants` and report what it says.
+    async fn converge(&mut self, wants: &BTreeMap<UnitName, Want>) {
+        let now = Instant::now();
+        let names: BTreeSet<UnitName> =
+            wants.keys().chain(self.installed.keys()).cloned().collect();
+        for name in &names {
+            if !self.observed.contains_key(name) {
+                self.dirty.insert(name.clone());
+            }
+        }
+        self.refresh_observed().await;
+
+        let mut plans = Vec::new();
+        for name in &names {
+            let local = self.local.entry(name.clone()).or_default();
+            let actions = reconcile::decide(
+                wants.get(name),
+                self.installed.get(name).map(String::as_str),
+                self.observed.get(name),
+                local,
+                now,
+            );
+            if !actions.is_empty() {
+                plans.push((name.clone(), actions));
+            }
+        }
+
+        // Removals and stops wait for systemd's stop jobs; run them side by side so one slow
+        // ExecStop does not hold the others.
+        let stops = plans
+            .iter()
+            .filter(|(_, actions)| actions.iter().any(|a| matches!(a, Action::Stop)))
+            .map(|(name, _)| name.clone())
+            .collect::<Vec<_>>();
+        let results = join_all(
+            stops
+                .iter()
+                .map(|n| self.systemd.stop(n, self.stop_timeout)),
+        )
+        .await;
+        for (name, result) in stops.iter().zip(results) {
+            self.dirty.insert(name.clone());
+            if let Err(error) = result {
+                self.fail(name, &error);
+            }
+        }
+
+        let mut reload = false;
+        for (name, actions) in &plans {
+            for action in actions {
+                match action {
+                    Action::Stop | Action::Start => {}
+                    Action::Install => {
+                        let want = &wants[name];
+                        match self.systemd.install(name, &want.text).await {
+                            Ok(()) => {
+                                self.installed.insert(name.clone(), want.hash.clone());
+                            }
+                            Err(error) => self.fail(name, &error),
+                        }
+                        reload = true;
+                    }
+                    Action::Remove => {
+                        if let Err(error) = self.systemd.uninstall(name).await {
+                            self.fail(name, &error);
+                        }
+                        self.installed.remove(name);
+                        reload = true;
+                    }
+                }
+            }
+        }
+        if reload && let Err(error) = self.systemd.reload().await {
+            warn!(error = %format!("{error:#}"), "failed to reload systemd");
+        }
+
+        for (name, actions) in &plans {
+            if !actions.iter().any(|a| matches!(a, Action::Start)) {
+                continue;
+            }
+            debug!(unit.name = %name, "starting unit");
+            if let Err(error) = self.systemd.start(name).await {
+                self.fail(name, &error);
+            }
+            self.dirty.insert(name.clone());
+        }
+        self.refresh_observed().await;
+
+        for name in &names {
+            self.report(name, wants.get(name)).await;
+        }
+        self.local
+            .retain(|name, _| wants.contains_key(name) || self.installed.contains_key(name));
+    }
+
+    fn fail(&mut self, name: &UnitName, error: &anyhow::Error) {
+        warn!(unit.name = %name, error = %format!("{error:#}"), "unit action failed");
+        self.local.entry(name.clone()).or_default().error = Some(format!("{error:#}"));
+    }
+
+    async fn refresh_observed(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for name in dirty {
+            if !self.installed.contains_key(&name) {
+                self.observed.remove(&name);
+                continue;
+            }
+            match self.systemd.observe(&name).await {
+                Ok(observed) => {
+                    self.observed.insert(name, observed);
+                }
+                Err(error) => {
+                    debug!(unit.name = %name, error = %format!("{error:#}"), "observe failed");
+                }
+            }
+        }
+    }
+
+    /// Writes the unit's state to etcd if it differs from the last report.
+    async fn report(&mut self, name: &UnitName, want: Option<&Want>) {
+        let key = self.store.keys.state(&self.machine_id, name);
+        let (Some(want), Some(observed)) = (want, self.observed.get(name)) else {
+            if self.reported.remove(name).is_some()
+                && let Err(error) = self.store.delete(&key).await
+            {
+                warn!(unit.name = %name, error = %format!("{error:#}"), "failed to clear state");
+            }
+            return;
+        };
+        let local = self.local.get(name).cloned().unwrap_or_default();
+        let previous = self.reported.get(name);
+        let mut transitions = previous.map(|r| r.transitions.clone()).unwrap_or_default();
+        let moved = transitions
+            .last()
+            .is_none_or(|t| t.active != observed.active || t.sub != observed.sub);
+        if moved {
+            transitions.push(Transition {
+                at_ms: systemd::now_ms(),
+                active: observed.active.clone(),
+                sub: observed.sub.clone(),
+            });
+            let excess = transitions.len().saturating_sub(TRANSITIONS_KEPT);
+            transitions.drain(..excess);
+        }
+        let record = StateRecord {
+            version: RECORD_VERSION,
+            machine: self.machine_id.clone(),
+            hash: want.hash.clone(),
+            load: observed.load.clone(),
+            active: observed.active.clone(),
+            sub: observed.sub.clone(),
+            main_pid: observed.main_pid,
+            since_ms: observed.since_ms,
+            retries: local.retries,
+            error: local.error.clone(),
+            transitions,
+        };
+        if previous == Some(&record) {
+            return;
+        }
+        match self.store.put_leased(&key, &record, self.lease).await {
+            Ok(()) => {
+                debug!(unit.name = %name, active = %record.active, sub = %record.sub, "state reported");
+                self.reported.insert(name.clone(), record);
+            }
+            Err(error) => warn!(unit.name = %name, error = %format!("{error:#}"), "report failed"),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! flotd, the flotilla agent: one per host, run by systemd.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use flotilla::agent::{self, AgentConfig};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// The flotilla agent: registers this host and runs the units the cluster places on it.
+#[derive(Parser, Debug)]
+#[command(name = "flotd", version)]
+struct Args {
+    /// etcd client URLs, comma-separated.
+    #[arg(
+        long,
+        env = "FLOTD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    endpoints: Vec<String>,
+    /// Key prefix in etcd.
+    #[arg(long, env = "FLOTD_PREFIX", default_value = "/flotilla")]
+    prefix: String,
+    /// Lease TTL: how long a silent host keeps its units (seconds, or e.g. "10s"; minimum 3s).
+    #[arg(long, env = "FLOTD_TTL", default_value = "10", value_parser = parse_seconds)]
+    ttl: Duration,
+    /// The address published for this host.
+    #[arg(long, env = "FLOTD_PUBLIC_IP", default_value = "")]
+    public_ip: String,
+    /// Host metadata matched by MachineMetadata=, as key=value,key=value.
+    #[arg(long, env = "FLOTD_METADATA", default_value = "")]
+    metadata: String,
+    /// File holding this host's machine id.
+    #[arg(long, env = "FLOTD_MACHINE_ID_FILE", default_value = "/etc/machine-id")]
+    machine_id_file: PathBuf,
+    /// Directory for flotd's unit files and lease record.
+    #[arg(long, env = "FLOTD_RUNTIME_DIR", default_value = "/run/flotilla")]
+    runtime_dir: PathBuf,
+    /// On SIGTERM, leave units running and the lease alive (for restarting flotd alone).
+    #[arg(long, env = "FLOTD_KEEP_UNITS_ON_EXIT")]
+    keep_units_on_exit: bool,
+    /// How long one unit may take to stop (seconds, or e.g. "90s").
+    #[arg(long, env = "FLOTD_STOP_TIMEOUT", default_value = "90", value_parser = parse_seconds)]
+    stop_timeout: Duration,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}")),
+    }
+}
+
+fn config(args: Args) -> anyhow::Result<AgentConfig> {
+    Ok(AgentConfig {
+        endpoints: args.endpoints,
+        prefix: args.prefix,
+        ttl: args.ttl,
+        public_ip: args.public_ip,
+        metadata: agent::parse_metadata(&args.metadata)?,
+        machine_id_file: args.machine_id_file,
+        runtime_dir: args.runtime_dir,
+        keep_units_on_exit: args.keep_units_on_exit,
+        stop_timeout: args.stop_timeout,
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(false)
+        .init();
+
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        info!("shutdown requested");
+        trigger.cancel();
+    });
+
+    let outcome = match config(args) {
+        Ok(config) => agent::run(config, shutdown).await,
+        Err(error) => Err(error),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            error!(error = %format!("{error:#}"), "flotd stopped");
+            ExitCode::FAILURE
+        }
+    }
+}

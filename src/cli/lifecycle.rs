@@ -1,0 +1,146 @@
+//! The verbs that change what the cluster runs: submit, load, start, stop, restart, unload and
+//! destroy.
+
+use anyhow::bail;
+
+use super::wait::{Goal, wait};
+use super::{ChangeArgs, SubmitArgs, View, is_path, read_unit_file, resolve};
+use crate::keyspace::DesiredState;
+use crate::store::Store;
+use crate::unit::UnitName;
+
+/// Stores files named on the command line and resolves the rest; returns every unit named.
+async fn prepare(store: &Store, args: &[String], replace: bool) -> anyhow::Result<Vec<UnitName>> {
+    let (paths, names): (Vec<String>, Vec<String>) =
+        args.iter().cloned().partition(|arg| is_path(arg));
+    let mut to_submit = Vec::new();
+    for path in &paths {
+        let file = read_unit_file(path)?;
+        to_submit.push((file.name, file.text));
+    }
+    let view = View::read(store).await?;
+    let (mut resolved, instances) = if names.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        resolve(&view, &names)?
+    };
+    to_submit.extend(instances);
+    if !to_submit.is_empty() {
+        store.submit(&to_submit, None, replace).await?;
+    }
+    resolved.extend(to_submit.into_iter().map(|(name, _)| name));
+    resolved.sort();
+    resolved.dedup();
+    Ok(resolved)
+}
+
+fn refuse_templates(names: &[UnitName]) -> anyhow::Result<()> {
+    if let Some(template) = names.iter().find(|n| n.is_template()) {
+        let example = template
+            .instantiate("1")
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        bail!("{template} is a template; name an instance such as {example}");
+    }
+    Ok(())
+}
+
+/// `flotctl submit`
+pub async fn submit(store: &Store, args: &SubmitArgs) -> anyhow::Result<()> {
+    let mut units = Vec::new();
+    for path in &args.files {
+        let file = read_unit_file(path)?;
+        units.push((file.name, file.text));
+    }
+    store.submit(&units, None, args.replace).await
+}
+
+/// `flotctl load`
+pub async fn load(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
+    let names = prepare(store, &args.units, args.replace).await?;
+    refuse_templates(&names)?;
+    store.set_desired(&names, DesiredState::Loaded).await?;
+    if !args.no_block {
+        wait(store, &names, Goal::Loaded, args.timeout).await?;
+    }
+    Ok(())
+}
+
+/// `flotctl start`
+pub async fn start(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
+    let names = prepare(store, &args.units, args.replace).await?;
+    refuse_templates(&names)?;
+    store.set_desired(&names, DesiredState::Launched).await?;
+    if !args.no_block {
+        wait(store, &names, Goal::Active, args.timeout).await?;
+    }
+    Ok(())
+}
+
+/// `flotctl stop`: units that were never placed are left inactive, not loaded.
+pub async fn stop(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
+    let names = prepare(store, &args.units, args.replace).await?;
+    let view = View::read(store).await?;
+    let placed: Vec<UnitName> = names
+        .iter()
+        .filter(|n| view.desired_state(n).is_placed())
+        .cloned()
+        .collect();
+    if !placed.is_empty() {
+        store.set_desired(&placed, DesiredState::Loaded).await?;
+    }
+    if !args.no_block {
+        wait(store, &placed, Goal::Stopped, args.timeout).await?;
+    }
+    Ok(())
+}
+
+/// `flotctl restart`: the stop is always waited for, or the agent would never see it.
+pub async fn restart(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
+    let names = prepare(store, &args.units, args.replace).await?;
+    refuse_templates(&names)?;
+    store.set_desired(&names, DesiredState::Loaded).await?;
+    wait(store, &names, Goal::Stopped, args.timeout).await?;
+    store.set_desired(&names, DesiredState::Launched).await?;
+    if !args.no_block {
+        wait(store, &names, Goal::Active, args.timeout).await?;
+    }
+    Ok(())
+}
+
+/// `flotctl unload`
+pub async fn unload(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
+    let names = prepare(store, &args.units, args.replace).await?;
+    store.set_desired(&names, DesiredState::Inactive).await?;
+    if !args.no_block {
+        wait(store, &names, Goal::Gone, args.timeout).await?;
+    }
+    Ok(())
+}
+
+/// `flotctl destroy`: unlike the other verbs, a file path only names the unit; it is not
+/// submitted first.
+pub async fn destroy(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
+    let view = View::read(store).await?;
+    let mut patterns = Vec::new();
+    for arg in &args.units {
+        let name = match is_path(arg) {
+            true => std::path::Path::new(arg)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(arg),
+            false => arg,
+        };
+        let plain = !name.contains(['*', '?', '[']);
+        if plain && !view.units.contains_key(&UnitName::parse(name)?) {
+            bail!("unit {name} does not exist");
+        }
+        patterns.push(name.to_string());
+    }
+    let (names, _) = resolve(&view, &patterns)?;
+    store.destroy(&names).await?;
+    if !args.no_block {
+        wait(store, &names, Goal::Gone, args.timeout).await?;
+    }
+    Ok(())
+}

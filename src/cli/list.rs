@@ -1,0 +1,213 @@
+//! The listings: list-units, list-unit-files and list-machines.
+
+use std::collections::BTreeMap;
+
+use anyhow::bail;
+use comfy_table::{Table, presets};
+
+use super::{ListArgs, Output, View, short_id};
+use crate::store::Store;
+use crate::unit::UnitFile;
+
+/// One listing row: field name to value.
+type Row = BTreeMap<&'static str, String>;
+
+/// Prints rows as a table or JSON, with the fields asked for.
+fn print(
+    args: &ListArgs,
+    all: &[&'static str],
+    default: &[&'static str],
+    rows: &[Row],
+) -> anyhow::Result<()> {
+    let fields: Vec<&'static str> = match &args.fields {
+        None => default.to_vec(),
+        Some(asked) => {
+            let mut fields = Vec::new();
+            for field in asked {
+                match all.iter().find(|f| **f == field.as_str()) {
+                    Some(f) => fields.push(*f),
+                    None => bail!("unknown field {field:?} (available: {})", all.join(", ")),
+                }
+            }
+            fields
+        }
+    };
+    if args.output == Output::Json {
+        let objects: Vec<serde_json::Map<String, serde_json::Value>> = rows
+            .iter()
+            .map(|row| {
+                fields
+                    .iter()
+                    .map(|f| (f.to_string(), row[f].clone().into()))
+                    .collect()
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&objects)?);
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.load_style(presets::NOTHING);
+    if !args.no_legend {
+        table.set_header(fields.iter().map(|f| f.to_uppercase()));
+    }
+    for row in rows {
+        table.add_row(fields.iter().map(|f| row[f].as_str()));
+    }
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    for line in table.lines() {
+        println!("{}", line.trim_end());
+    }
+    Ok(())
+}
+
+/// `flotctl list-units`
+pub async fn list_units(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
+    let view = View::read(store).await?;
+    let mut rows = Vec::new();
+    for (name, machines) in &view.claims {
+        let hash = view.units.get(name).map_or("-", |u| u.hash.as_str());
+        for machine in machines {
+            let state = view
+                .states
+                .get(name)
+                .and_then(|s| s.iter().find(|s| &s.machine == machine));
+            let field =
+                |f: fn(&crate::keyspace::StateRecord) -> String| state.map_or("-".into(), f);
+            rows.push(Row::from([
+                ("unit", name.to_string()),
+                ("machine", view.machine_label(machine, args.full)),
+                ("active", field(|s| s.active.clone())),
+                ("sub", field(|s| s.sub.clone())),
+                ("load", field(|s| s.load.clone())),
+                ("pid", field(|s| s.main_pid.to_string())),
+                (
+                    "hash",
+                    if args.full {
+                        hash.to_string()
+                    } else {
+                        short_hash(hash)
+                    },
+                ),
+                ("dstate", view.desired_state(name).to_string()),
+            ]));
+        }
+    }
+    let all = [
+        "unit", "machine", "active", "sub", "load", "pid", "hash", "dstate",
+    ];
+    print(args, &all, &["unit", "machine", "active", "sub"], &rows)
+}
+
+fn short_hash(hash: &str) -> String {
+    hash.chars().take(7).collect()
+}
+
+/// `flotctl list-unit-files`
+pub async fn list_unit_files(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
+    let view = View::read(store).await?;
+    let mut rows = Vec::new();
+    for (name, unit) in &view.units {
+        let claims = view.claims.get(name).map(Vec::as_slice).unwrap_or_default();
+        let states = view.states.get(name).map(Vec::as_slice).unwrap_or_default();
+        let current = if states
+            .iter()
+            .any(|s| matches!(s.active.as_str(), "active" | "activating"))
+        {
+            "launched"
+        } else if states.iter().any(|s| s.load == "loaded") {
+            "loaded"
+        } else {
+            "inactive"
+        };
+        let target = match claims {
+            [] => "-".to_string(),
+            [one] => view.machine_label(one, args.full),
+            many => format!("{} hosts", many.len()),
+        };
+        let file = UnitFile::parse(name, unit.text.as_bytes()).ok();
+        let description = file
+            .as_ref()
+            .and_then(|f| {
+                f.values("Unit", "Description")
+                    .last()
+                    .map(|d| d.to_string())
+            })
+            .unwrap_or_else(|| "-".into());
+        let global = file
+            .as_ref()
+            .and_then(|f| crate::unit::FleetOptions::from_unit(name, f).ok())
+            .is_some_and(|o| o.global);
+        rows.push(Row::from([
+            ("unit", name.to_string()),
+            (
+                "hash",
+                if args.full {
+                    unit.hash.clone()
+                } else {
+                    short_hash(&unit.hash)
+                },
+            ),
+            ("dstate", view.desired_state(name).to_string()),
+            ("state", current.to_string()),
+            ("target", target),
+            ("desc", description),
+            ("global", global.to_string()),
+            (
+                "reason",
+                view.problems
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| "-".into()),
+            ),
+        ]));
+    }
+    let all = [
+        "unit", "hash", "dstate", "state", "target", "desc", "global", "reason",
+    ];
+    let mut default = vec!["unit", "hash", "dstate", "state", "target"];
+    // The reason column appears only when some unit cannot be placed.
+    if !view.problems.is_empty() {
+        default.push("reason");
+    }
+    print(args, &all, &default, &rows)
+}
+
+/// `flotctl list-machines`
+pub async fn list_machines(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
+    let view = View::read(store).await?;
+    let rows: Vec<Row> = view
+        .machines
+        .values()
+        .map(|m| {
+            let metadata = if m.metadata.is_empty() {
+                "-".to_string()
+            } else {
+                m.metadata
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let units = view.claims.values().filter(|c| c.contains(&m.id)).count();
+            Row::from([
+                ("machine", short_id(&m.id, args.full)),
+                (
+                    "ip",
+                    if m.ip.is_empty() {
+                        "-".into()
+                    } else {
+                        m.ip.clone()
+                    },
+                ),
+                ("metadata", metadata),
+                ("hostname", m.hostname.clone()),
+                ("version", m.agent_version.clone()),
+                ("units", units.to_string()),
+            ])
+        })
+        .collect();
+    let all = ["machine", "ip", "metadata", "hostname", "version", "units"];
+    print(args, &all, &["machine", "ip", "metadata"], &rows)
+}

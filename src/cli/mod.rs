@@ -1,0 +1,285 @@
+//! flotctl: the operator's command line, one file per verb.
+//!
+//! Columns, field names and the short `id.../IP` machine form follow fleetctl, so scripts
+//! written for it keep working. Every failure reaches [`run`]'s caller as one error, printed once
+//! as a one-line reason.
+
+mod cat;
+mod lifecycle;
+mod list;
+mod status;
+mod verify;
+mod view;
+mod wait;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use globset::Glob;
+
+use crate::store::Store;
+use crate::unit::{self, UnitName};
+
+pub use view::View;
+
+/// The flotilla command line.
+#[derive(Parser, Debug)]
+#[command(name = "flotctl", version, about = "Operate a flotilla cluster")]
+pub struct Cli {
+    /// etcd client URLs, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTCTL_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
+    /// Key prefix in etcd.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTCTL_PREFIX",
+        default_value = "/flotilla"
+    )]
+    pub prefix: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Store unit files in the cluster without placing them.
+    Submit(SubmitArgs),
+    /// Place units on hosts and load them into systemd, without starting them.
+    Load(ChangeArgs),
+    /// Place units and start them.
+    Start(ChangeArgs),
+    /// Stop units, leaving them loaded on their hosts.
+    Stop(ChangeArgs),
+    /// Stop units, then start them again.
+    Restart(ChangeArgs),
+    /// Stop units and remove them from their hosts, keeping their files in the cluster.
+    Unload(ChangeArgs),
+    /// Stop units and remove them from the cluster.
+    Destroy(ChangeArgs),
+    /// List the units placed on hosts and what systemd reports of them.
+    ListUnits(ListArgs),
+    /// List the unit files in the cluster with their desired and current state.
+    ListUnitFiles(ListArgs),
+    /// List the hosts of the cluster.
+    ListMachines(ListArgs),
+    /// Print a unit file as stored.
+    Cat(NamesArgs),
+    /// Show the reported state of units and their recent transitions.
+    Status(NamesArgs),
+    /// Check unit files offline, as submit would.
+    Verify(VerifyArgs),
+    /// Print flotctl's version.
+    Version,
+}
+
+/// Arguments of `submit`.
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// Unit files to store.
+    #[arg(required = true)]
+    pub files: Vec<String>,
+    /// Update units that exist with a different file.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+/// Arguments of the verbs that change desired state.
+#[derive(Args, Debug)]
+pub struct ChangeArgs {
+    /// Unit names, globs, or unit files (which are submitted first).
+    #[arg(required = true)]
+    pub units: Vec<String>,
+    /// Update units that exist with a different file.
+    #[arg(long)]
+    pub replace: bool,
+    /// Return once the change is stored, without waiting for the cluster.
+    #[arg(long)]
+    pub no_block: bool,
+    /// How long to wait for the cluster to report the new state.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Arguments of the verbs that take only names.
+#[derive(Args, Debug)]
+pub struct NamesArgs {
+    /// Unit names or globs.
+    #[arg(required = true)]
+    pub units: Vec<String>,
+    /// Print as JSON.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Arguments of `verify`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Unit files to check.
+    #[arg(required = true)]
+    pub files: Vec<String>,
+}
+
+/// Arguments of the listings.
+#[derive(Args, Debug, Clone)]
+pub struct ListArgs {
+    /// Omit the header line.
+    #[arg(long)]
+    pub no_legend: bool,
+    /// Do not shorten machine ids and hashes.
+    #[arg(long)]
+    pub full: bool,
+    /// Columns to print, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub fields: Option<Vec<String>>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// How listings are printed.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// One JSON array of objects.
+    Json,
+}
+
+/// Runs one flotctl command.
+///
+/// # Errors
+///
+/// Any failure, as one error whose chain reads as a single line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let connect = || Store::connect(&cli.endpoints, &cli.prefix);
+    match cli.command {
+        Command::Version => {
+            println!("flotctl version {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Verify(args) => verify::verify(&args),
+        Command::Submit(args) => lifecycle::submit(&connect().await?, &args).await,
+        Command::Load(args) => lifecycle::load(&connect().await?, &args).await,
+        Command::Start(args) => lifecycle::start(&connect().await?, &args).await,
+        Command::Stop(args) => lifecycle::stop(&connect().await?, &args).await,
+        Command::Restart(args) => lifecycle::restart(&connect().await?, &args).await,
+        Command::Unload(args) => lifecycle::unload(&connect().await?, &args).await,
+        Command::Destroy(args) => lifecycle::destroy(&connect().await?, &args).await,
+        Command::ListUnits(args) => list::list_units(&connect().await?, &args).await,
+        Command::ListUnitFiles(args) => list::list_unit_files(&connect().await?, &args).await,
+        Command::ListMachines(args) => list::list_machines(&connect().await?, &args).await,
+        Command::Cat(args) => cat::cat(&connect().await?, &args).await,
+        Command::Status(args) => status::status(&connect().await?, &args).await,
+    }
+}
+
+/// A unit file read from disk and checked as submit checks it.
+pub(crate) struct LocalFile {
+    pub name: UnitName,
+    pub text: String,
+}
+
+/// The largest unit file accepted, as the parser enforces it.
+const MAX_FILE_SIZE: u64 = 1 << 20;
+
+/// Whether a command-line argument names a file rather than a unit in the cluster.
+fn is_path(arg: &str) -> bool {
+    arg.contains('/') || Path::new(arg).is_file()
+}
+
+/// Reads and checks a unit file; an instance with no file of its own is made from the template
+/// beside it (`web@3.service` from `web@.service`).
+pub(crate) fn read_unit_file(arg: &str) -> anyhow::Result<LocalFile> {
+    let path = Path::new(arg);
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("{arg}: not a unit file path"))?;
+    let name = UnitName::parse(file_name).with_context(|| format!("{arg}: bad unit name"))?;
+    let source = match (path.exists(), name.template()) {
+        (false, Some(template)) => path.with_file_name(template.as_str()),
+        _ => path.to_path_buf(),
+    };
+    let metadata =
+        std::fs::metadata(&source).with_context(|| format!("{}: cannot read", source.display()))?;
+    if metadata.len() > MAX_FILE_SIZE {
+        bail!("{}: file is larger than 1 MiB", source.display());
+    }
+    let bytes =
+        std::fs::read(&source).with_context(|| format!("{}: cannot read", source.display()))?;
+    let file =
+        unit::UnitFile::parse(&name, &bytes).with_context(|| format!("{}", source.display()))?;
+    unit::FleetOptions::from_unit(&name, &file).with_context(|| format!("{}", source.display()))?;
+    Ok(LocalFile {
+        name,
+        text: file.text().to_string(),
+    })
+}
+
+/// An instance to create from its template's file: (instance name, file text).
+pub(crate) type NewInstance = (UnitName, String);
+
+/// Resolves names and globs against the units in the cluster.
+///
+/// A plain name that is not in the cluster is an error, except an instance whose template is:
+/// the instance is then made from the template and returned in `to_submit`.
+pub(crate) fn resolve(
+    view: &View,
+    args: &[String],
+) -> anyhow::Result<(Vec<UnitName>, Vec<NewInstance>)> {
+    let mut names = Vec::new();
+    let mut to_submit = Vec::new();
+    for arg in args {
+        if arg.contains(['*', '?', '[']) {
+            let glob = Glob::new(arg).with_context(|| format!("bad pattern {arg:?}"))?;
+            let matcher = glob.compile_matcher();
+            let matched: Vec<_> = view
+                .units
+                .keys()
+                .filter(|n| matcher.is_match(n.as_str()))
+                .cloned()
+                .collect();
+            if matched.is_empty() {
+                bail!("no unit matches {arg:?}");
+            }
+            names.extend(matched);
+            continue;
+        }
+        let name = UnitName::parse(arg)?;
+        if view.units.contains_key(&name) {
+            names.push(name);
+            continue;
+        }
+        let template = name.template().and_then(|t| view.units.get(&t));
+        match template {
+            Some(record) => {
+                to_submit.push((name.clone(), record.text.clone()));
+                names.push(name);
+            }
+            None => bail!("unit {name} does not exist"),
+        }
+    }
+    names.sort();
+    names.dedup();
+    Ok((names, to_submit))
+}
+
+/// `abcdef12...` for a machine id, or the whole id with `--full`.
+pub(crate) fn short_id(id: &str, full: bool) -> String {
+    if full || id.len() <= 8 {
+        id.to_string()
+    } else {
+        format!("{}...", &id[..8])
+    }
+}

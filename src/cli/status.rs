@@ -1,0 +1,95 @@
+//! `flotctl status`: what each host reports of a unit, and its recent transitions.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::{NamesArgs, Output, View, resolve};
+use crate::store::Store;
+use crate::unit::UnitFile;
+
+fn timestamp(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// `flotctl status`
+pub async fn status(store: &Store, args: &NamesArgs) -> anyhow::Result<()> {
+    let view = View::read(store).await?;
+    let (names, _) = resolve(&view, &args.units)?;
+    if args.output == Output::Json {
+        let mut out = serde_json::Map::new();
+        for name in &names {
+            let states = view.states.get(name).cloned().unwrap_or_default();
+            out.insert(
+                name.to_string(),
+                serde_json::json!({
+                    "dstate": view.desired_state(name).to_string(),
+                    "machines": view.claims.get(name).cloned().unwrap_or_default(),
+                    "problem": view.problems.get(name),
+                    "states": states,
+                }),
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    for (index, name) in names.iter().enumerate() {
+        if index > 0 {
+            println!();
+        }
+        let description = view
+            .units
+            .get(name)
+            .and_then(|u| UnitFile::parse(name, u.text.as_bytes()).ok())
+            .and_then(|f| {
+                f.values("Unit", "Description")
+                    .last()
+                    .map(|d| d.to_string())
+            });
+        match description {
+            Some(d) => println!("● {name} - {d}"),
+            None => println!("● {name}"),
+        }
+        println!("   Desired: {}", view.desired_state(name));
+        if let Some(reason) = view.problems.get(name) {
+            println!("   Not placed: {reason}");
+        }
+        let states = view.states.get(name).map(Vec::as_slice).unwrap_or_default();
+        if states.is_empty() {
+            let claims = view.claims.get(name).map(Vec::len).unwrap_or(0);
+            println!(
+                "   State: {}",
+                if claims > 0 {
+                    "placed, not reported yet"
+                } else {
+                    "not placed"
+                }
+            );
+        }
+        for state in states {
+            println!("   Machine: {}", view.machine_label(&state.machine, false));
+            println!("   Loaded: {}", state.load);
+            println!(
+                "   Active: {} ({}) since {}",
+                state.active,
+                state.sub,
+                timestamp(state.since_ms)
+            );
+            if state.main_pid != 0 {
+                println!("   Main PID: {}", state.main_pid);
+            }
+            if state.retries > 0 {
+                println!("   Restarts after failure: {}", state.retries);
+            }
+            if let Some(error) = &state.error {
+                println!("   Error: {error}");
+            }
+            println!("   Transitions:");
+            for t in &state.transitions {
+                println!("     {}  {}/{}", timestamp(t.at_ms), t.active, t.sub);
+            }
+        }
+    }
+    Ok(())
+}

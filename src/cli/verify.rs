@@ -1,0 +1,26 @@
+//! `flotctl verify`: every check submit makes, offline.
+
+use anyhow::bail;
+
+use super::{VerifyArgs, read_unit_file};
+
+/// `flotctl verify`
+pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for path in &args.files {
+        match read_unit_file(path) {
+            Ok(file) => println!("{path}: ok ({})", file.name),
+            Err(error) => {
+                eprintln!("{error:#}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} unit files failed verification",
+            args.files.len()
+        );
+    }
+    Ok(())
+}

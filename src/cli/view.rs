@@ -1,0 +1,94 @@
+//! One consistent snapshot of the cluster, read in a single etcd transaction.
+
+use std::collections::BTreeMap;
+
+use crate::keyspace::{
+    self, ClaimRecord, DesiredRecord, DesiredState, Key, MachineRecord, ProblemRecord, StateRecord,
+    UnitRecord,
+};
+use crate::store::Store;
+use crate::unit::UnitName;
+
+/// Everything the listings show, at one revision.
+#[derive(Default)]
+pub struct View {
+    /// The revision read.
+    pub revision: i64,
+    /// Unit files.
+    pub units: BTreeMap<UnitName, UnitRecord>,
+    /// Desired states.
+    pub desired: BTreeMap<UnitName, DesiredState>,
+    /// Live machines.
+    pub machines: BTreeMap<String, MachineRecord>,
+    /// Machines each unit is claimed on.
+    pub claims: BTreeMap<UnitName, Vec<String>>,
+    /// Reported states by unit, one per reporting host.
+    pub states: BTreeMap<UnitName, Vec<StateRecord>>,
+    /// Why units cannot be placed.
+    pub problems: BTreeMap<UnitName, String>,
+}
+
+impl View {
+    /// Reads the whole keyspace at one revision; records that do not decode are left out.
+    pub async fn read(store: &Store) -> anyhow::Result<View> {
+        let (revision, kvs) = store.list_many(&[store.keys.root()]).await?;
+        let mut view = View {
+            revision,
+            ..View::default()
+        };
+        for kv in &kvs {
+            let Some(key) = store.keys.parse(kv.key()) else {
+                continue;
+            };
+            let value = kv.value();
+            match key {
+                Key::Unit(name) => {
+                    if let Ok(r) = keyspace::decode::<UnitRecord>(value) {
+                        view.units.insert(name, r);
+                    }
+                }
+                Key::Desired(name) => {
+                    if let Ok(r) = keyspace::decode::<DesiredRecord>(value) {
+                        view.desired.insert(name, r.state);
+                    }
+                }
+                Key::Machine(id) => {
+                    if let Ok(r) = keyspace::decode::<MachineRecord>(value) {
+                        view.machines.insert(id, r);
+                    }
+                }
+                Key::Claim(name, _) => {
+                    if let Ok(r) = keyspace::decode::<ClaimRecord>(value) {
+                        view.claims.entry(name).or_default().push(r.machine);
+                    }
+                }
+                Key::State(_, name) => {
+                    if let Ok(r) = keyspace::decode::<StateRecord>(value) {
+                        view.states.entry(name).or_default().push(r);
+                    }
+                }
+                Key::Problem(name) => {
+                    if let Ok(r) = keyspace::decode::<ProblemRecord>(value) {
+                        view.problems.insert(name, r.reason);
+                    }
+                }
+                Key::Engine => {}
+            }
+        }
+        Ok(view)
+    }
+
+    /// The desired state of a unit, inactive when none is stored.
+    pub fn desired_state(&self, name: &UnitName) -> DesiredState {
+        self.desired
+            .get(name)
+            .copied()
+            .unwrap_or(DesiredState::Inactive)
+    }
+
+    /// `id.../IP` for a machine, as fleetctl prints it.
+    pub fn machine_label(&self, id: &str, full: bool) -> String {
+        let ip = self.machines.get(id).map_or("-", |m| m.ip.as_str());
+        format!("{}/{ip}", super::short_id(id, full))
+    }
+}

@@ -1,0 +1,368 @@
+//! The placement engine: one per cluster, elected through etcd, turning the mirror into claims.
+//!
+//! Every agent runs this task; only the one holding the `engine` key acts. That key is bound to
+//! the holder's lease, so when the holder dies etcd deletes it and the others campaign again at
+//! once. The engine never trusts its own view for safety: each claim is written by a transaction
+//! that fails if the unit is already claimed or the chosen host's lease has changed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::keyspace::{self, ClaimRecord, EngineRecord, ProblemRecord, RECORD_VERSION};
+use crate::mirror::{Mirror, SharedMirror};
+use crate::placement::{self, Machine, Placeable, Plan, Snapshot};
+use crate::store::Store;
+use crate::unit::{FleetOptions, UnitFile, UnitName};
+
+/// etcd refuses transactions with more operations than its `--max-txn-ops` (128 by default).
+const OPS_PER_TXN: usize = 120;
+
+/// What the engine needs to know about the host it runs on.
+pub struct EngineConfig {
+    /// This host's machine id.
+    pub machine: String,
+    /// This host's lease; the engine key and problem reports are bound to it.
+    pub lease: i64,
+}
+
+/// Campaigns for the engine key and, while holding it, places units until `shutdown`.
+pub async fn run(
+    store: Store,
+    mirror: SharedMirror,
+    mut changed: watch::Receiver<i64>,
+    config: EngineConfig,
+    shutdown: CancellationToken,
+) {
+    let mut options = OptionsCache::default();
+    loop {
+        let campaign = async {
+            loop {
+                match campaign(&store, &config).await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(error) => debug!(error = %format!("{error:#}"), "engine campaign failed"),
+                }
+                // Wait until the mirror shows the engine key gone, then try again.
+                loop {
+                    if changed.changed().await.is_err() {
+                        return;
+                    }
+                    if mirror.read().expect("mirror lock").engine.is_none() {
+                        break;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = campaign => {}
+        }
+        info!(machine.id = %config.machine, "became the placement engine");
+        let lead = lead(&store, &mirror, &mut changed, &config, &mut options)
+            .instrument(info_span!("engine", machine.id = %config.machine));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = lead => info!("no longer the placement engine"),
+        }
+    }
+}
+
+/// Tries to take the engine key; true when this host now holds it.
+async fn campaign(store: &Store, config: &EngineConfig) -> anyhow::Result<bool> {
+    let key = store.keys.engine();
+    let record = EngineRecord {
+        version: RECORD_VERSION,
+        machine: config.machine.clone(),
+    };
+    // Create-only: an existing key means another engine is alive, or this host's own earlier
+    // life still holds it under the same lease.
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key.as_str(),
+            keyspace::encode(&record),
+            Some(PutOptions::new().with_lease(config.lease)),
+        )])
+        .or_else([TxnOp::get(key.as_str(), None)]);
+    let response = store.client().txn(txn).await?;
+    if response.succeeded() {
+        return Ok(true);
+    }
+    for op in response.op_responses() {
+        if let etcd_client::TxnOpResponse::Get(get) = op
+            && let Some(kv) = get.kvs().first()
+        {
+            return Ok(kv.lease() == config.lease);
+        }
+    }
+    Ok(false)
+}
+
+/// Places units whenever the mirror changes, until another host holds the engine key.
+async fn lead(
+    store: &Store,
+    mirror: &SharedMirror,
+    changed: &mut watch::Receiver<i64>,
+    config: &EngineConfig,
+    options: &mut OptionsCache,
+) {
+    // Writes this engine made are only planned on again once the mirror has seen them.
+    let mut written_revision = 0;
+    let mut seen_self = false;
+    loop {
+        let work = {
+            let mirror = mirror.read().expect("mirror lock");
+            if mirror.engine.as_deref() == Some(config.machine.as_str()) {
+                seen_self = true;
+            }
+            match mirror.engine.as_deref() {
+                Some(holder) if holder != config.machine => return,
+                None if seen_self => return,
+                // The mirror has not yet seen this engine's own election; nothing to do before.
+                None => None,
+                Some(_) if mirror.revision < written_revision => None,
+                Some(_) => {
+                    seen_self = true;
+                    Some(Work::from_mirror(&mirror, options))
+                }
+            }
+        };
+        if let Some(work) = work {
+            match apply(store, config, &work).await {
+                Ok(revision) => written_revision = revision,
+                Err(error) => {
+                    warn!(error = %format!("{error:#}"), "failed to apply placement");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+        }
+        if changed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Parsed `[X-Fleet]` options by unit and file hash, so unchanged files are parsed once.
+#[derive(Default)]
+struct OptionsCache {
+    parsed: HashMap<(UnitName, String), Option<FleetOptions>>,
+}
+
+impl OptionsCache {
+    fn get(&mut self, name: &UnitName, hash: &str, text: &str) -> Option<FleetOptions> {
+        let key = (name.clone(), hash.to_string());
+        self.parsed
+            .entry(key)
+            .or_insert_with(|| {
+                let file = UnitFile::parse(name, text.as_bytes()).ok()?;
+                FleetOptions::from_unit(name, &file).ok()
+            })
+            .clone()
+    }
+}
+
+/// Everything one round of placement writes or deletes.
+struct Work {
+    plan: Plan,
+    /// Claims whose unit is gone, inactive or a template: (unit, global host, claim revision).
+    stale: Vec<(UnitName, Option<String>, i64)>,
+    /// Which units are global, for the claim key layout.
+    global: BTreeSet<UnitName>,
+    /// Machine leases, for binding claims.
+    leases: BTreeMap<String, i64>,
+    /// Problems the mirror shows, to write only those that changed.
+    problems: BTreeMap<UnitName, String>,
+}
+
+impl Work {
+    fn from_mirror(mirror: &Mirror, options: &mut OptionsCache) -> Work {
+        let mut units = Vec::new();
+        let mut global = BTreeSet::new();
+        let mut unparsable = BTreeMap::new();
+        for (name, record) in &mirror.units {
+            if name.is_template() || !mirror.desired_state(name).is_placed() {
+                continue;
+            }
+            match options.get(name, &record.hash, &record.text) {
+                Some(options) => {
+                    if options.global {
+                        global.insert(name.clone());
+                    }
+                    units.push(Placeable {
+                        name: name.clone(),
+                        options,
+                    });
+                }
+                None => {
+                    unparsable.insert(name.clone(), "unit file does not parse".to_string());
+                }
+            }
+        }
+        let placeable: BTreeSet<&UnitName> = units.iter().map(|u| &u.name).collect();
+
+        let mut stale = Vec::new();
+        let mut claims: BTreeMap<UnitName, BTreeSet<String>> = BTreeMap::new();
+        for (name, claim) in &mirror.claims {
+            if !placeable.contains(name) || global.contains(name) {
+                stale.push((name.clone(), None, claim.revision));
+            } else {
+                claims
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(claim.machine.clone());
+            }
+        }
+        for (name, copies) in &mirror.global_claims {
+            for (machine, claim) in copies {
+                if !global.contains(name) {
+                    stale.push((name.clone(), Some(machine.clone()), claim.revision));
+                } else {
+                    claims
+                        .entry(name.clone())
+                        .or_default()
+                        .insert(machine.clone());
+                }
+            }
+        }
+
+        let machines = mirror
+            .machines
+            .values()
+            .map(|m| Machine {
+                id: m.record.id.clone(),
+                metadata: m.record.metadata.clone(),
+            })
+            .collect();
+        let mut plan = placement::plan(&Snapshot {
+            machines,
+            units,
+            claims,
+        });
+        plan.unplaceable.extend(unparsable);
+        let leases = mirror
+            .machines
+            .iter()
+            .map(|(id, m)| (id.clone(), m.lease))
+            .collect();
+        Work {
+            plan,
+            stale,
+            global,
+            leases,
+            problems: mirror.problems.clone(),
+        }
+    }
+}
+
+/// Writes one round of placement; returns the highest revision written.
+async fn apply(store: &Store, config: &EngineConfig, work: &Work) -> anyhow::Result<i64> {
+    let keys = &store.keys;
+    let mut ops = Vec::new();
+
+    for (name, global_on, revision) in &work.stale {
+        // Delete only the claim we saw: a newer one was written for a reason we have not seen.
+        let key = keys.claim(name, global_on.as_deref());
+        ops.push((
+            vec![Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                *revision,
+            )],
+            TxnOp::delete(key, None),
+        ));
+    }
+    for (name, machine) in &work.plan.release {
+        let global_on = work.global.contains(name).then_some(machine.as_str());
+        let key = keys.claim(name, global_on);
+        // The claim must still name the machine it is released from.
+        let record = ClaimRecord {
+            version: RECORD_VERSION,
+            machine: machine.clone(),
+        };
+        ops.push((
+            vec![Compare::value(
+                key.as_str(),
+                CompareOp::Equal,
+                keyspace::encode(&record),
+            )],
+            TxnOp::delete(key, None),
+        ));
+    }
+    for (name, machine) in &work.plan.claim {
+        let Some(&lease) = work.leases.get(machine) else {
+            continue;
+        };
+        let global_on = work.global.contains(name).then_some(machine.as_str());
+        let key = keys.claim(name, global_on);
+        let record = ClaimRecord {
+            version: RECORD_VERSION,
+            machine: machine.clone(),
+        };
+        // Two guards: nobody claimed the unit since we looked, and the host is still alive under
+        // the lease we bind the claim to (a host that died and came back has a new lease).
+        let compares = vec![
+            Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+            Compare::lease(keys.machine(machine), CompareOp::Equal, lease),
+        ];
+        let put = TxnOp::put(
+            key,
+            keyspace::encode(&record),
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        ops.push((compares, put));
+        debug!(unit.name = %name, machine.id = %machine, "placing unit");
+    }
+    for (name, reason) in &work.plan.unplaceable {
+        if work.problems.get(name) != Some(reason) {
+            let record = ProblemRecord {
+                version: RECORD_VERSION,
+                reason: reason.clone(),
+            };
+            let put = TxnOp::put(
+                keys.problem(name),
+                keyspace::encode(&record),
+                Some(PutOptions::new().with_lease(config.lease)),
+            );
+            ops.push((Vec::new(), put));
+        }
+    }
+    for name in work.problems.keys() {
+        if !work.plan.unplaceable.contains_key(name) {
+            ops.push((Vec::new(), TxnOp::delete(keys.problem(name), None)));
+        }
+    }
+    // Only the engine may write; if the key moved on, this whole round is void.
+    let engine_guard = Compare::lease(keys.engine(), CompareOp::Equal, config.lease);
+
+    let mut revision = 0;
+    for chunk in ops.chunks(OPS_PER_TXN) {
+        let mut compares = vec![engine_guard.clone()];
+        compares.extend(chunk.iter().flat_map(|(c, _)| c.iter().cloned()));
+        let puts: Vec<TxnOp> = chunk.iter().map(|(_, op)| op.clone()).collect();
+        let response = store
+            .client()
+            .txn(Txn::new().when(compares).and_then(puts))
+            .await?;
+        if response.succeeded() {
+            revision = revision.max(response.header().map_or(0, |h| h.revision()));
+            continue;
+        }
+        // Some guard failed; apply the operations one by one so the good ones still land.
+        for (compares, op) in chunk {
+            let mut all = vec![engine_guard.clone()];
+            all.extend(compares.iter().cloned());
+            let txn = Txn::new().when(all).and_then([op.clone()]);
+            let response = store.client().txn(txn).await?;
+            if response.succeeded() {
+                revision = revision.max(response.header().map_or(0, |h| h.revision()));
+            }
+        }
+    }
+    Ok(revision)
+}

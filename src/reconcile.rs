@@ -1,0 +1,329 @@
+//! The agent's decision for one unit: a plain function from (wanted, installed, observed) to
+//! the actions that move systemd toward what etcd says.
+//!
+//! The decision compares with what systemd reports now, never with what the agent last asked
+//! for, so a unit that failed, was stopped by hand or vanished is noticed and put right. It does
+//! no I/O; the agent applies the actions at the edge.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::keyspace::DesiredState;
+use crate::systemd::Observed;
+
+/// What etcd says this host should have for one unit.
+#[derive(Clone, Debug)]
+pub struct Want {
+    /// Hash of the unit file.
+    pub hash: String,
+    /// The unit file itself.
+    pub text: String,
+    /// Loaded or launched.
+    pub target: DesiredState,
+}
+
+/// What the agent remembers about a unit between passes.
+#[derive(Clone, Debug, Default)]
+pub struct Local {
+    /// Restarts after failures since the unit last ran.
+    pub retries: u32,
+    /// When the next restart after a failure is due.
+    pub retry_at: Option<Instant>,
+    /// The last error met while converging.
+    pub error: Option<String>,
+    /// Whether the agent started this unit since its file last changed.
+    pub started: bool,
+}
+
+/// One step of converging a unit, applied in this order within a pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Stop the unit and wait for systemd to finish stopping it.
+    Stop,
+    /// Write the wanted file and link it into systemd.
+    Install,
+    /// Unlink the unit and remove its file.
+    Remove,
+    /// Queue a start.
+    Start,
+}
+
+/// The longest pause between restarts of a failing unit.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The pause before the restart that follows `retries` earlier ones: 1 s, 2 s, 4 s … 30 s.
+pub fn backoff(retries: u32) -> Duration {
+    Duration::from_secs(1u64 << retries.min(5)).min(MAX_BACKOFF)
+}
+
+/// Decides what to do with one unit; `local` is updated with the bookkeeping the decision implies.
+pub fn decide(
+    want: Option<&Want>,
+    installed: Option<&str>,
+    observed: Option<&Observed>,
+    local: &mut Local,
+    now: Instant,
+) -> Vec<Action> {
+    let Some(want) = want else {
+        // Not ours (any more): stop it before its file goes, so ExecStop still finds the file.
+        return match installed {
+            Some(_) => vec![Action::Stop, Action::Remove],
+            None => Vec::new(),
+        };
+    };
+    let launch = want.target == DesiredState::Launched;
+
+    if installed != Some(want.hash.as_str()) {
+        // A new or replaced file is a new life: forget the old one's failures.
+        *local = Local::default();
+        let mut actions = Vec::new();
+        if installed.is_some() && observed.is_some_and(Observed::is_up) {
+            actions.push(Action::Stop);
+        }
+        actions.push(Action::Install);
+        if launch {
+            local.started = true;
+            actions.push(Action::Start);
+        }
+        return actions;
+    }
+
+    let Some(observed) = observed else {
+        // systemd could not tell us anything; a start will either work or say why.
+        if launch && !local.started {
+            local.started = true;
+            return vec![Action::Start];
+        }
+        return Vec::new();
+    };
+
+    if !launch {
+        local.retry_at = None;
+        return if observed.is_up() {
+            vec![Action::Stop]
+        } else {
+            Vec::new()
+        };
+    }
+    if observed.is_up() {
+        local.retry_at = None;
+        local.error = None;
+        if observed.active == "active" {
+            local.retries = 0;
+        }
+        return Vec::new();
+    }
+    if observed.load != "loaded" {
+        // systemd refused the file; starting it again cannot help until the file changes.
+        local.error = Some(format!(
+            "systemd could not load the unit ({})",
+            observed.load
+        ));
+        return Vec::new();
+    }
+    match observed.active.as_str() {
+        "failed" => match local.retry_at {
+            Some(due) if now >= due => {
+                local.retry_at = None;
+                local.retries += 1;
+                vec![Action::Start]
+            }
+            Some(_) => Vec::new(),
+            None => {
+                local.retry_at = Some(now + backoff(local.retries));
+                Vec::new()
+            }
+        },
+        // Inactive after it ran means it finished; only a unit never started is started.
+        _ if !local.started => {
+            local.started = true;
+            vec![Action::Start]
+        }
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn want(target: DesiredState) -> Want {
+        Want {
+            hash: "h1".into(),
+            text: "[Service]\n".into(),
+            target,
+        }
+    }
+
+    fn observed(active: &str) -> Observed {
+        Observed {
+            load: "loaded".into(),
+            active: active.into(),
+            sub: String::new(),
+            main_pid: 0,
+            since_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_new_unit_is_installed_and_started() {
+        let mut local = Local::default();
+        let actions = decide(
+            Some(&want(DesiredState::Launched)),
+            None,
+            None,
+            &mut local,
+            Instant::now(),
+        );
+        assert_eq!(actions, [Action::Install, Action::Start]);
+    }
+
+    #[test]
+    fn a_loaded_unit_is_installed_but_not_started() {
+        let mut local = Local::default();
+        let actions = decide(
+            Some(&want(DesiredState::Loaded)),
+            None,
+            None,
+            &mut local,
+            Instant::now(),
+        );
+        assert_eq!(actions, [Action::Install]);
+    }
+
+    #[test]
+    fn a_running_unit_is_left_alone() {
+        let mut local = Local::default();
+        let running = observed("active");
+        let actions = decide(
+            Some(&want(DesiredState::Launched)),
+            Some("h1"),
+            Some(&running),
+            &mut local,
+            Instant::now(),
+        );
+        assert!(actions.is_empty());
+    }
+
+    #[test]
+    fn a_replaced_file_restarts_a_running_unit() {
+        let mut local = Local::default();
+        let running = observed("active");
+        let actions = decide(
+            Some(&want(DesiredState::Launched)),
+            Some("old"),
+            Some(&running),
+            &mut local,
+            Instant::now(),
+        );
+        assert_eq!(actions, [Action::Stop, Action::Install, Action::Start]);
+    }
+
+    #[test]
+    fn an_unclaimed_unit_is_stopped_then_removed() {
+        let mut local = Local::default();
+        let running = observed("active");
+        let actions = decide(None, Some("h1"), Some(&running), &mut local, Instant::now());
+        assert_eq!(actions, [Action::Stop, Action::Remove]);
+    }
+
+    #[test]
+    fn stopping_to_loaded_stops_only_running_units() {
+        for (active, expected) in [("active", vec![Action::Stop]), ("inactive", vec![])] {
+            let mut local = Local::default();
+            let state = observed(active);
+            let actions = decide(
+                Some(&want(DesiredState::Loaded)),
+                Some("h1"),
+                Some(&state),
+                &mut local,
+                Instant::now(),
+            );
+            assert_eq!(actions, expected, "{active}");
+        }
+    }
+
+    #[test]
+    fn a_failed_unit_is_restarted_after_a_growing_backoff() {
+        let mut local = Local {
+            started: true,
+            ..Local::default()
+        };
+        let failed = observed("failed");
+        let w = want(DesiredState::Launched);
+        let t0 = Instant::now();
+
+        assert!(decide(Some(&w), Some("h1"), Some(&failed), &mut local, t0).is_empty());
+        assert_eq!(local.retry_at, Some(t0 + Duration::from_secs(1)));
+        let early = t0 + Duration::from_millis(500);
+        assert!(decide(Some(&w), Some("h1"), Some(&failed), &mut local, early).is_empty());
+        let due = t0 + Duration::from_secs(1);
+        assert_eq!(
+            decide(Some(&w), Some("h1"), Some(&failed), &mut local, due),
+            [Action::Start]
+        );
+        assert_eq!(local.retries, 1);
+
+        assert!(decide(Some(&w), Some("h1"), Some(&failed), &mut local, due).is_empty());
+        assert_eq!(local.retry_at, Some(due + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let pauses: Vec<u64> = (0..8).map(|r| backoff(r).as_secs()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    #[test]
+    fn a_unit_systemd_cannot_load_is_not_restarted() {
+        let mut local = Local {
+            started: true,
+            ..Local::default()
+        };
+        let bad = Observed {
+            load: "bad-setting".into(),
+            ..observed("inactive")
+        };
+        let actions = decide(
+            Some(&want(DesiredState::Launched)),
+            Some("h1"),
+            Some(&bad),
+            &mut local,
+            Instant::now(),
+        );
+        assert!(actions.is_empty());
+        assert!(local.error.as_deref().unwrap().contains("bad-setting"));
+    }
+
+    #[test]
+    fn a_finished_unit_is_not_started_again() {
+        let mut local = Local {
+            started: true,
+            ..Local::default()
+        };
+        let done = observed("inactive");
+        let actions = decide(
+            Some(&want(DesiredState::Launched)),
+            Some("h1"),
+            Some(&done),
+            &mut local,
+            Instant::now(),
+        );
+        assert!(actions.is_empty());
+    }
+
+    #[test]
+    fn an_inactive_unit_found_at_start_up_is_started() {
+        let mut local = Local::default();
+        let stopped = observed("inactive");
+        let actions = decide(
+            Some(&want(DesiredState::Launched)),
+            Some("h1"),
+            Some(&stopped),
+            &mut local,
+            Instant::now(),
+        );
+        assert_eq!(actions, [Action::Start]);
+    }
+}

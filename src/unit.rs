@@ -1,0 +1,1331 @@
+//! Unit names, unit files and the `[X-Fleet]` options that steer where a unit runs.
+//!
+//! Everything here is a pure function of its input: a name is checked against systemd's naming
+//! rules, a unit file is split into sections and entries the way systemd reads it (while its
+//! original bytes are kept for hashing and for handing to systemd unchanged), and the `[X-Fleet]`
+//! section is turned into [`FleetOptions`], refusing options that could never be satisfied.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// The longest unit name systemd accepts, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// The largest unit file we accept, in bytes.
+pub const MAX_UNIT_FILE_SIZE: usize = 1_048_576;
+
+/// The unit type suffixes a unit name may end with: systemd's own plus `.container`.
+pub const UNIT_SUFFIXES: &[&str] = &[
+    ".service",
+    ".socket",
+    ".device",
+    ".mount",
+    ".automount",
+    ".swap",
+    ".target",
+    ".path",
+    ".timer",
+    ".slice",
+    ".scope",
+    ".container",
+];
+
+/// The section of a unit file that holds flotilla's scheduling options.
+pub const FLEET_SECTION: &str = "X-Fleet";
+
+/// Punctuation allowed in unit names besides ASCII letters and digits.
+const NAME_PUNCTUATION: &str = ":_.@-";
+
+/// The instance a template's own file is checked with, so that `%i` still yields valid values.
+const TEMPLATE_PLACEHOLDER: &str = "0";
+
+/// The longest excerpt of an offending line quoted back in an error message, in characters.
+const MAX_EXCERPT_CHARS: usize = 80;
+
+/// Why a string is not a valid unit name.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NameError {
+    /// The name is the empty string.
+    #[error("unit name is empty")]
+    Empty,
+    /// The name is longer than [`MAX_NAME_LEN`] bytes.
+    #[error("unit name is {len} bytes long (at most {max} allowed)", max = MAX_NAME_LEN)]
+    TooLong {
+        /// Length of the refused name in bytes.
+        len: usize,
+    },
+    /// The name contains a character outside letters, digits and `:_.@-`.
+    #[error(
+        "unit name {name:?} contains '{}' (allowed: letters, digits and \"{}\")",
+        .character.escape_debug(),
+        NAME_PUNCTUATION
+    )]
+    BadCharacter {
+        /// The refused name.
+        name: String,
+        /// The first character that is not allowed.
+        character: char,
+    },
+    /// The name contains `..`.
+    #[error("unit name {name:?} contains \"..\"")]
+    DoubleDot {
+        /// The refused name.
+        name: String,
+    },
+    /// The name has no `.` and so no unit type suffix.
+    #[error(
+        "unit name {name:?} has no unit type suffix (expected one of {})",
+        UNIT_SUFFIXES.join(" ")
+    )]
+    MissingSuffix {
+        /// The refused name.
+        name: String,
+    },
+    /// The name ends in a suffix that is not a unit type.
+    #[error(
+        "unit name {name:?} has unknown suffix {suffix:?} (expected one of {})",
+        UNIT_SUFFIXES.join(" ")
+    )]
+    UnknownSuffix {
+        /// The refused name.
+        name: String,
+        /// The suffix found, with its leading dot.
+        suffix: String,
+    },
+    /// Nothing comes before the suffix, as in `.service`.
+    #[error("unit name {name:?} has nothing before its suffix")]
+    EmptyStem {
+        /// The refused name.
+        name: String,
+    },
+    /// The name contains more than one `@`.
+    #[error("unit name {name:?} contains more than one '@'")]
+    TooManyAts {
+        /// The refused name.
+        name: String,
+    },
+    /// Nothing comes before the `@`, as in `@1.service`.
+    #[error("unit name {name:?} has nothing before '@'")]
+    EmptyPrefix {
+        /// The refused name.
+        name: String,
+    },
+    /// [`UnitName::instantiate`] was called on a name that is not a template.
+    #[error("unit name {name:?} is not a template")]
+    NotTemplate {
+        /// The name that was to be instantiated.
+        name: String,
+    },
+    /// [`UnitName::instantiate`] was given an empty instance.
+    #[error("instance name for template {template:?} is empty")]
+    EmptyInstance {
+        /// The template that was to be instantiated.
+        template: String,
+    },
+}
+
+/// A validated unit name such as `web.service`, `web@.service` or `web@1.service`.
+///
+/// # Guarantees
+///
+/// The name is 1 to 255 bytes of ASCII letters, digits and `:_.@-`, contains no `..`, ends in one
+/// of [`UNIT_SUFFIXES`] with something before it, and has at most one `@`, which is preceded by
+/// a non-empty prefix.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UnitName(String);
+
+impl UnitName {
+    /// Checks `name` against the unit naming rules.
+    ///
+    /// # Errors
+    ///
+    /// Returns the first rule the name breaks, naming the offending character or part.
+    pub fn parse(name: &str) -> Result<UnitName, NameError> {
+        check_name(name)?;
+        Ok(UnitName(name.to_owned()))
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The unit type suffix with its leading dot, such as `.service`.
+    pub fn suffix(&self) -> &str {
+        &self.0[self.suffix_start()..]
+    }
+
+    /// True for a template such as `web@.service`.
+    pub fn is_template(&self) -> bool {
+        self.stem().ends_with('@')
+    }
+
+    /// True for an instance of a template such as `web@1.service`.
+    pub fn is_instance(&self) -> bool {
+        self.instance().is_some()
+    }
+
+    /// The instance part of an instance name (`1` for `web@1.service`); `None` otherwise.
+    pub fn instance(&self) -> Option<&str> {
+        match self.stem().split_once('@') {
+            Some((_, instance)) if !instance.is_empty() => Some(instance),
+            _ => None,
+        }
+    }
+
+    /// The part before the `@`, or for names without `@` the name without its suffix.
+    pub fn prefix(&self) -> &str {
+        let stem = self.stem();
+        match stem.split_once('@') {
+            Some((prefix, _)) => prefix,
+            None => stem,
+        }
+    }
+
+    /// The template an instance was made from (`web@.service` for `web@1.service`).
+    ///
+    /// Returns `None` for names that are not instances, templates included.
+    pub fn template(&self) -> Option<UnitName> {
+        self.instance()?;
+        // Dropping the instance keeps every naming rule intact, so no re-validation is needed.
+        Some(UnitName(format!("{}@{}", self.prefix(), self.suffix())))
+    }
+
+    /// Makes the instance `instance` of this template (`web@1.service` from `web@.service`).
+    ///
+    /// # Errors
+    ///
+    /// Fails if this name is not a template, if `instance` is empty, or if the resulting name
+    /// breaks a naming rule (for example an instance containing `/` or `@`).
+    pub fn instantiate(&self, instance: &str) -> Result<UnitName, NameError> {
+        if !self.is_template() {
+            return Err(NameError::NotTemplate {
+                name: self.0.clone(),
+            });
+        }
+        if instance.is_empty() {
+            return Err(NameError::EmptyInstance {
+                template: self.0.clone(),
+            });
+        }
+        UnitName::parse(&format!("{}@{}{}", self.prefix(), instance, self.suffix()))
+    }
+
+    /// The name without its suffix (`web@1` for `web@1.service`).
+    fn stem(&self) -> &str {
+        &self.0[..self.suffix_start()]
+    }
+
+    fn suffix_start(&self) -> usize {
+        // Every validated name contains a dot; zero only guards against a broken invariant.
+        self.0.rfind('.').unwrap_or(0)
+    }
+}
+
+impl fmt::Display for UnitName {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for UnitName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for UnitName {
+    type Err = NameError;
+
+    fn from_str(name: &str) -> Result<UnitName, NameError> {
+        UnitName::parse(name)
+    }
+}
+
+impl TryFrom<String> for UnitName {
+    type Error = NameError;
+
+    fn try_from(name: String) -> Result<UnitName, NameError> {
+        check_name(&name)?;
+        Ok(UnitName(name))
+    }
+}
+
+impl TryFrom<&str> for UnitName {
+    type Error = NameError;
+
+    fn try_from(name: &str) -> Result<UnitName, NameError> {
+        UnitName::parse(name)
+    }
+}
+
+impl From<UnitName> for String {
+    fn from(name: UnitName) -> String {
+        name.0
+    }
+}
+
+fn check_name(name: &str) -> Result<(), NameError> {
+    let owned = || name.to_owned();
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong { len: name.len() });
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || NAME_PUNCTUATION.contains(c);
+    if let Some(character) = name.chars().find(|&c| !allowed(c)) {
+        return Err(NameError::BadCharacter {
+            name: owned(),
+            character,
+        });
+    }
+    if name.contains("..") {
+        return Err(NameError::DoubleDot { name: owned() });
+    }
+
+    let Some(dot) = name.rfind('.') else {
+        return Err(NameError::MissingSuffix { name: owned() });
+    };
+    let (stem, suffix) = name.split_at(dot);
+    if !UNIT_SUFFIXES.contains(&suffix) {
+        return Err(NameError::UnknownSuffix {
+            name: owned(),
+            suffix: suffix.to_owned(),
+        });
+    }
+    if stem.is_empty() {
+        return Err(NameError::EmptyStem { name: owned() });
+    }
+
+    if stem.matches('@').count() > 1 {
+        return Err(NameError::TooManyAts { name: owned() });
+    }
+    if stem.starts_with('@') {
+        return Err(NameError::EmptyPrefix { name: owned() });
+    }
+    Ok(())
+}
+
+/// Why a unit file or its `[X-Fleet]` options were refused.
+///
+/// Line numbers count physical lines from 1; an entry continued over several lines is reported
+/// at the line where it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum UnitError {
+    /// The file has no bytes at all.
+    #[error("unit file is empty")]
+    Empty,
+    /// The file is larger than [`MAX_UNIT_FILE_SIZE`].
+    #[error("unit file is {size} bytes (at most {max} allowed)", max = MAX_UNIT_FILE_SIZE)]
+    TooLarge {
+        /// Size of the refused file in bytes.
+        size: usize,
+    },
+    /// The file contains a NUL byte, which no text unit file has.
+    #[error("line {line}: unit file contains a NUL byte at byte offset {offset} (binary data?)")]
+    Binary {
+        /// Line of the first NUL byte.
+        line: usize,
+        /// Offset of the first NUL byte from the start of the file.
+        offset: usize,
+    },
+    /// The file is not valid UTF-8.
+    #[error("line {line}: unit file is not valid UTF-8 at byte offset {offset}")]
+    NotUtf8 {
+        /// Line of the first invalid byte.
+        line: usize,
+        /// Offset of the first invalid byte from the start of the file.
+        offset: usize,
+    },
+    /// The file has no `[Section]` header at all.
+    #[error("unit file has no sections")]
+    NoSections,
+    /// A `Key=Value` line comes before the first section header.
+    #[error("line {line}: assignment {found:?} comes before any [Section] header")]
+    OutsideSection {
+        /// Line of the assignment.
+        line: usize,
+        /// The assignment, shortened if long.
+        found: String,
+    },
+    /// A line is neither an assignment, a section header, a comment nor blank.
+    #[error("line {line}: expected \"Key=Value\" or \"[Section]\", found {found:?}")]
+    Garbage {
+        /// Line of the offending text.
+        line: usize,
+        /// The offending text, shortened if long.
+        found: String,
+    },
+    /// A line starts with `[` but does not end with `]`.
+    #[error("line {line}: section header {found:?} is not closed by ']'")]
+    UnterminatedSection {
+        /// Line of the header.
+        line: usize,
+        /// The header, shortened if long.
+        found: String,
+    },
+    /// A section header `[]` names no section.
+    #[error("line {line}: section header \"[]\" has an empty name")]
+    EmptySectionName {
+        /// Line of the header.
+        line: usize,
+    },
+    /// An assignment has nothing before its `=`.
+    #[error("line {line}: assignment {found:?} has an empty key")]
+    EmptyKey {
+        /// Line of the assignment.
+        line: usize,
+        /// The assignment, shortened if long.
+        found: String,
+    },
+    /// An `[X-Fleet]` key that flotilla does not know.
+    #[error("line {line}: unknown [X-Fleet] option {key:?}{hint}")]
+    UnknownOption {
+        /// Line of the option.
+        line: usize,
+        /// The key as written.
+        key: String,
+        /// A suggestion such as ` (did you mean "MachineID"?)`, or empty.
+        hint: String,
+    },
+    /// A `%` specifier other than `%n %N %p %i %%`.
+    #[error("line {line}: unknown specifier \"%{specifier}\" in {value:?} (known: %n %N %p %i %%)")]
+    UnknownSpecifier {
+        /// Line of the option.
+        line: usize,
+        /// The character after `%`.
+        specifier: char,
+        /// The value as written.
+        value: String,
+    },
+    /// A value ends in a `%` with nothing after it.
+    #[error("line {line}: {value:?} ends in a lone '%' (write %% for a literal percent sign)")]
+    LoneSpecifier {
+        /// Line of the option.
+        line: usize,
+        /// The value as written.
+        value: String,
+    },
+    /// A list value opens a double quote that it never closes.
+    #[error("line {line}: {key} value {value:?} has an unterminated quote")]
+    UnterminatedQuote {
+        /// Line of the option.
+        line: usize,
+        /// The option's canonical name.
+        key: &'static str,
+        /// The value after specifier resolution.
+        value: String,
+    },
+    /// A single-valued option was given again with a different value.
+    #[error("line {line}: {key} is already set to {first:?} on line {first_line}")]
+    ConflictingValue {
+        /// Line of the second setting.
+        line: usize,
+        /// The option's canonical name.
+        key: &'static str,
+        /// The value set first.
+        first: String,
+        /// Line of the first setting.
+        first_line: usize,
+    },
+    /// A boolean option with a value that is not a boolean.
+    #[error("line {line}: {key} expects true/false, yes/no, 1/0 or on/off, found {value:?}")]
+    BadBool {
+        /// Line of the option.
+        line: usize,
+        /// The option's canonical name.
+        key: &'static str,
+        /// The value after specifier resolution.
+        value: String,
+    },
+    /// A `MachineMetadata` pair that is not `key=value` with both sides non-empty.
+    #[error("line {line}: MachineMetadata {pair:?} {problem}")]
+    BadMetadata {
+        /// Line of the option.
+        line: usize,
+        /// The offending pair.
+        pair: String,
+        /// What is wrong with it, as a phrase such as `has an empty key`.
+        problem: &'static str,
+    },
+    /// A `MachineID` that is not 1 to 32 lowercase hex digits.
+    #[error("line {line}: MachineID {value:?} is not 1 to 32 lowercase hexadecimal digits")]
+    BadMachineId {
+        /// Line of the option.
+        line: usize,
+        /// The value after specifier resolution.
+        value: String,
+    },
+    /// A `MachineOf` or `Replaces` value that is not a valid unit name.
+    #[error("line {line}: invalid {key} value: {reason}")]
+    BadUnitName {
+        /// Line of the option.
+        line: usize,
+        /// The option's canonical name.
+        key: &'static str,
+        /// Why the value is not a unit name.
+        reason: NameError,
+    },
+    /// A `Conflicts` pattern that is not a valid glob.
+    #[error("line {line}: Conflicts pattern {pattern:?} is not a valid glob: {reason}")]
+    BadGlob {
+        /// Line of the option.
+        line: usize,
+        /// The refused pattern.
+        pattern: String,
+        /// The glob parser's explanation.
+        reason: String,
+    },
+    /// Options that contradict each other, so no machine could ever satisfy them.
+    #[error("line {line}: unit can never be placed: {reason}")]
+    Unsatisfiable {
+        /// The later of the lines that contradict each other.
+        line: usize,
+        /// Which options contradict each other.
+        reason: String,
+    },
+}
+
+/// One `Key=Value` assignment of a unit file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The key, with surrounding whitespace trimmed.
+    pub key: String,
+    /// The value, with surrounding whitespace trimmed and continuations joined; empty for a reset.
+    pub value: String,
+    /// The line where the assignment starts.
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Section {
+    name: String,
+    entries: Vec<Entry>,
+}
+
+/// A parsed unit file that still holds its original text byte for byte.
+///
+/// Sections that appear more than once are merged, as systemd merges them: their entries are
+/// kept in file order under the first appearance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitFile {
+    name: UnitName,
+    text: String,
+    sections: Vec<Section>,
+}
+
+impl UnitFile {
+    /// Parses `bytes` as the unit file of `name`, following systemd's syntax.
+    ///
+    /// Comment lines (`#` or `;` as first non-blank character) are skipped, also in the middle
+    /// of a continuation; a line ending in an odd number of backslashes continues on the next
+    /// line with its last backslash replaced by a space; `\r\n` counts as `\n`; a leading UTF-8
+    /// byte order mark is ignored for parsing but kept in [`UnitFile::text`].
+    ///
+    /// # Errors
+    ///
+    /// Refuses empty, oversized, binary and non-UTF-8 files, assignments before any section,
+    /// lines that are neither assignment nor section header, malformed headers, empty keys and
+    /// files without any section.
+    pub fn parse(name: &UnitName, bytes: &[u8]) -> Result<UnitFile, UnitError> {
+        if bytes.is_empty() {
+            return Err(UnitError::Empty);
+        }
+        if bytes.len() > MAX_UNIT_FILE_SIZE {
+            return Err(UnitError::TooLarge { size: bytes.len() });
+        }
+        if let Some(offset) = bytes.iter().position(|&byte| byte == 0) {
+            return Err(UnitError::Binary {
+                line: line_of_offset(bytes, offset),
+                offset,
+            });
+        }
+        let text = match std::str::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(error) => {
+                let offset = error.valid_up_to();
+                return Err(UnitError::NotUtf8 {
+                    line: line_of_offset(bytes, offset),
+                    offset,
+                });
+            }
+        };
+
+        let sections = parse_sections(text)?;
+        if sections.is_empty() {
+            return Err(UnitError::NoSections);
+        }
+        Ok(UnitFile {
+            name: name.clone(),
+            text: text.to_owned(),
+            sections,
+        })
+    }
+
+    /// The unit this file was parsed for.
+    pub fn name(&self) -> &UnitName {
+        &self.name
+    }
+
+    /// The file's original text, byte for byte.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Section names in order of first appearance.
+    pub fn sections(&self) -> impl Iterator<Item = &str> {
+        self.sections.iter().map(|section| section.name.as_str())
+    }
+
+    /// True if the file has a section called `section`.
+    pub fn has_section(&self, section: &str) -> bool {
+        self.section(section).is_some()
+    }
+
+    /// All entries of `section` in file order, resets and repeats included; none if absent.
+    pub fn entries<'file>(
+        &'file self,
+        section: &str,
+    ) -> impl Iterator<Item = &'file Entry> + use<'file> {
+        self.section(section)
+            .into_iter()
+            .flat_map(|section| section.entries.iter())
+    }
+
+    /// The effective values of a list-valued `key`: an empty assignment clears what came before.
+    pub fn values(&self, section: &str, key: &str) -> Vec<&str> {
+        let mut values = Vec::new();
+        for entry in self.entries(section).filter(|entry| entry.key == key) {
+            if entry.value.is_empty() {
+                values.clear();
+            } else {
+                values.push(entry.value.as_str());
+            }
+        }
+        values
+    }
+
+    /// The effective value of a single-valued `key`: the last one, unless that is a reset.
+    pub fn value(&self, section: &str, key: &str) -> Option<&str> {
+        let last = self
+            .entries(section)
+            .filter(|entry| entry.key == key)
+            .last()?;
+        match last.value.as_str() {
+            "" => None,
+            value => Some(value),
+        }
+    }
+
+    /// The full lowercase hex SHA-256 of [`UnitFile::text`].
+    pub fn hash(&self) -> String {
+        const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let digest = Sha256::digest(self.text.as_bytes());
+        let mut hex = String::with_capacity(digest.len() * 2);
+        for byte in digest.iter() {
+            hex.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
+            hex.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));
+        }
+        hex
+    }
+
+    fn section(&self, section: &str) -> Option<&Section> {
+        self.sections
+            .iter()
+            .find(|candidate| candidate.name == section)
+    }
+}
+
+fn line_of_offset(bytes: &[u8], offset: usize) -> usize {
+    bytes[..offset]
+        .iter()
+        .filter(|&&byte| byte == b'\n')
+        .count()
+        + 1
+}
+
+/// Whitespace as systemd strips it around keys, values and lines.
+fn is_blank(character: char) -> bool {
+    matches!(character, ' ' | '\t' | '\r' | '\n')
+}
+
+/// Shortens `text` for quoting in an error message.
+fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(MAX_EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// Joins continued lines into logical lines, each with the number of its first physical line.
+fn logical_lines(text: &str) -> Vec<(usize, String)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut lines = Vec::new();
+    let mut pending: Option<(usize, String)> = None;
+
+    for (index, raw) in text.split('\n').enumerate() {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        // Comment lines are dropped before continuations are joined, so a comment in the middle
+        // of a continued value neither ends it nor becomes part of it.
+        if line.trim_start_matches(is_blank).starts_with(['#', ';']) {
+            continue;
+        }
+
+        let (start, mut joined) = pending.take().unwrap_or((index + 1, String::new()));
+        joined.push_str(line);
+        let trailing_backslashes = line.chars().rev().take_while(|&c| c == '\\').count();
+        if trailing_backslashes % 2 == 1 {
+            joined.pop();
+            joined.push(' ');
+            pending = Some((start, joined));
+        } else {
+            lines.push((start, joined));
+        }
+    }
+
+    // A continuation still open at the end of the file is parsed as it stands.
+    lines.extend(pending);
+    lines
+}
+
+fn parse_sections(text: &str) -> Result<Vec<Section>, UnitError> {
+    let mut sections: Vec<Section> = Vec::new();
+    let mut current: Option<usize> = None;
+
+    for (line, logical) in logical_lines(text) {
+        let content = logical.trim_matches(is_blank);
+        if content.is_empty() {
+            continue;
+        }
+
+        if content.starts_with('[') {
+            let Some(name) = content
+                .strip_prefix('[')
+                .and_then(|rest| rest.strip_suffix(']'))
+            else {
+                return Err(UnitError::UnterminatedSection {
+                    line,
+                    found: excerpt(content),
+                });
+            };
+            if name.is_empty() {
+                return Err(UnitError::EmptySectionName { line });
+            }
+            let index = match sections.iter().position(|section| section.name == name) {
+                Some(index) => index,
+                None => {
+                    sections.push(Section {
+                        name: name.to_owned(),
+                        entries: Vec::new(),
+                    });
+                    sections.len() - 1
+                }
+            };
+            current = Some(index);
+            continue;
+        }
+
+        let Some((key, value)) = content.split_once('=') else {
+            return Err(UnitError::Garbage {
+                line,
+                found: excerpt(content),
+            });
+        };
+        let Some(index) = current else {
+            return Err(UnitError::OutsideSection {
+                line,
+                found: excerpt(content),
+            });
+        };
+        let key = key.trim_matches(is_blank);
+        if key.is_empty() {
+            return Err(UnitError::EmptyKey {
+                line,
+                found: excerpt(content),
+            });
+        }
+        let value = value.trim_matches(is_blank);
+        let entry = Entry {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            line,
+        };
+        sections[index].entries.push(entry);
+    }
+    Ok(sections)
+}
+
+/// Scheduling options read from a unit's `[X-Fleet]` section, specifiers resolved.
+///
+/// # Guarantees
+///
+/// Values returned by [`FleetOptions::from_unit`] are well-formed (valid names, globs and machine
+/// id prefixes) and free of the contradictions listed there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetOptions {
+    /// Run only on a machine whose id starts with this lowercase hex prefix.
+    pub machine_id: Option<String>,
+    /// Run on the same machine as each of these units.
+    pub machine_of: Vec<UnitName>,
+    /// Run only where every key matches; several values of one key are alternatives.
+    pub metadata: BTreeMap<String, Vec<String>>,
+    /// Never share a machine with units whose names match these globs (the unit itself aside).
+    pub conflicts: Vec<String>,
+    /// Run on every machine that matches, rather than on one.
+    pub global: bool,
+    /// Take the machine of these units, which then move elsewhere.
+    pub replaces: Vec<UnitName>,
+}
+
+impl FleetOptions {
+    /// Reads the `[X-Fleet]` section of `file`, the unit file of `name`.
+    ///
+    /// Values may use the specifiers `%n` (full name), `%N` (name without suffix), `%p`
+    /// (prefix), `%i` (instance) and `%%`. List-valued options (`MachineOf`, `MachineMetadata`,
+    /// `Conflicts`, `Replaces`) may hold several space-separated items, each optionally in
+    /// double quotes; an empty assignment clears the option. fleet's `X-Conflicts`,
+    /// `X-ConditionMachineID`, `X-ConditionMachineOf` and `X-ConditionMachineMetadata` are
+    /// accepted as aliases.
+    ///
+    /// # Errors
+    ///
+    /// Refuses unknown keys and specifiers, malformed values, a single-valued option set twice
+    /// to different values, and options that can never be satisfied together: `Global` with
+    /// `MachineOf`, `Replaces` or `MachineID`; `MachineOf` or `Replaces` naming the unit itself
+    /// or a template; and a `MachineOf` target that is also replaced or matched by `Conflicts`.
+    ///
+    /// # Caveats
+    ///
+    /// A template's own file is checked as if for a placeholder instance: syntax is checked in
+    /// full, but checks that depend on the instance (self-references, and pairs involving `%i`,
+    /// `%n` or `%N`) are left to the instances. The options returned for a template are for
+    /// checking only and are not meant for placement.
+    pub fn from_unit(name: &UnitName, file: &UnitFile) -> Result<FleetOptions, UnitError> {
+        let specifiers = Specifiers::for_unit(name);
+        let mut collected = Collected::default();
+        for entry in file.entries(FLEET_SECTION) {
+            let key = OptionKey::from_key(&entry.key).ok_or_else(|| unknown_option(entry))?;
+            // An empty assignment clears the option, as it would in a systemd section.
+            if entry.value.is_empty() {
+                collected.reset(key);
+                continue;
+            }
+            let value = specifiers.resolve(entry)?;
+            collected.apply(key, entry.line, value)?;
+        }
+
+        collected.check_satisfiable(name)?;
+        Ok(collected.into_options())
+    }
+
+    /// True if a machine with this id satisfies `MachineID` (always true when it is unset).
+    pub fn matches_machine_id(&self, machine_id: &str) -> bool {
+        match &self.machine_id {
+            Some(prefix) => machine_id.starts_with(prefix.as_str()),
+            None => true,
+        }
+    }
+
+    /// True if a machine with this metadata satisfies every `MachineMetadata` key.
+    pub fn matches_metadata(&self, metadata: &BTreeMap<String, String>) -> bool {
+        self.metadata.iter().all(|(key, alternatives)| {
+            metadata
+                .get(key)
+                .is_some_and(|value| alternatives.contains(value))
+        })
+    }
+
+    /// Compiles the `Conflicts` patterns into one matcher.
+    ///
+    /// # Errors
+    ///
+    /// Fails only for patterns that did not come through [`FleetOptions::from_unit`].
+    pub fn conflict_set(&self) -> Result<GlobSet, globset::Error> {
+        let mut builder = GlobSetBuilder::new();
+        for pattern in &self.conflicts {
+            builder.add(Glob::new(pattern)?);
+        }
+        builder.build()
+    }
+}
+
+/// Why [`verify`] refused a unit.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum VerifyError {
+    /// The file name is not a valid unit name.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The file or its `[X-Fleet]` options were refused.
+    #[error("{name}: {error}")]
+    Unit {
+        /// The unit whose file was refused.
+        name: UnitName,
+        /// What was wrong with it.
+        error: UnitError,
+    },
+}
+
+/// Checks a unit file end to end: its name (the last `/`-separated part of `path_name`), its
+/// syntax and its `[X-Fleet]` options.
+///
+/// # Errors
+///
+/// Returns the first problem found, in that order.
+pub fn verify(
+    path_name: &str,
+    bytes: &[u8],
+) -> Result<(UnitName, UnitFile, FleetOptions), VerifyError> {
+    let file_name = path_name.rsplit('/').next().unwrap_or(path_name);
+    let name = UnitName::parse(file_name)?;
+    let in_unit = |error| VerifyError::Unit {
+        name: name.clone(),
+        error,
+    };
+    let file = UnitFile::parse(&name, bytes).map_err(in_unit)?;
+    let options = FleetOptions::from_unit(&name, &file).map_err(in_unit)?;
+    Ok((name, file, options))
+}
+
+/// The `[X-Fleet]` options flotilla knows, whatever alias they were written with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OptionKey {
+    MachineId,
+    MachineOf,
+    MachineMetadata,
+    Conflicts,
+    Global,
+    Replaces,
+}
+
+impl OptionKey {
+    const ALL: [OptionKey; 6] = [
+        OptionKey::MachineId,
+        OptionKey::MachineOf,
+        OptionKey::MachineMetadata,
+        OptionKey::Conflicts,
+        OptionKey::Global,
+        OptionKey::Replaces,
+    ];
+
+    fn from_key(key: &str) -> Option<OptionKey> {
+        let key = match key {
+            "X-ConditionMachineID" => "MachineID",
+            "X-ConditionMachineOf" => "MachineOf",
+            "X-ConditionMachineMetadata" => "MachineMetadata",
+            "X-Conflicts" => "Conflicts",
+            other => other,
+        };
+        OptionKey::ALL
+            .into_iter()
+            .find(|option| option.name() == key)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            OptionKey::MachineId => "MachineID",
+            OptionKey::MachineOf => "MachineOf",
+            OptionKey::MachineMetadata => "MachineMetadata",
+            OptionKey::Conflicts => "Conflicts",
+            OptionKey::Global => "Global",
+            OptionKey::Replaces => "Replaces",
+        }
+    }
+}
+
+fn unknown_option(entry: &Entry) -> UnitError {
+    let suggestion = OptionKey::ALL
+        .into_iter()
+        .find(|option| option.name().eq_ignore_ascii_case(&entry.key));
+    let hint = match suggestion {
+        Some(option) => format!(" (did you mean {:?}?)", option.name()),
+        None => String::new(),
+    };
+    UnitError::UnknownOption {
+        line: entry.line,
+        key: entry.key.clone(),
+        hint,
+    }
+}
+
+/// What the specifiers of one unit expand to.
+struct Specifiers {
+    full: String,
+    without_suffix: String,
+    prefix: String,
+    instance: String,
+    /// For a template, `%n`, `%N` and `%i` stand for a placeholder instance.
+    template: bool,
+}
+
+/// A value after specifier resolution.
+struct Resolved {
+    text: String,
+    /// True if the text came from a placeholder instance and so differs between instances.
+    instance_dependent: bool,
+}
+
+impl Specifiers {
+    fn for_unit(name: &UnitName) -> Specifiers {
+        let template = name.is_template();
+        let instance = match name.instance() {
+            Some(instance) => instance,
+            None if template => TEMPLATE_PLACEHOLDER,
+            None => "",
+        };
+        let without_suffix = match name.as_str().contains('@') {
+            true => format!("{}@{}", name.prefix(), instance),
+            false => name.prefix().to_owned(),
+        };
+        Specifiers {
+            full: format!("{without_suffix}{}", name.suffix()),
+            without_suffix,
+            prefix: name.prefix().to_owned(),
+            instance: instance.to_owned(),
+            template,
+        }
+    }
+
+    fn resolve(&self, entry: &Entry) -> Result<Resolved, UnitError> {
+        let mut text = String::with_capacity(entry.value.len());
+        let mut instance_dependent = false;
+        let mut characters = entry.value.chars();
+        while let Some(character) = characters.next() {
+            if character != '%' {
+                text.push(character);
+                continue;
+            }
+            // Only %p and %% expand the same way for every instance of a template.
+            let (expansion, varies) = match characters.next() {
+                Some('%') => ("%", false),
+                Some('p') => (self.prefix.as_str(), false),
+                Some('n') => (self.full.as_str(), true),
+                Some('N') => (self.without_suffix.as_str(), true),
+                Some('i') => (self.instance.as_str(), true),
+                Some(specifier) => {
+                    let value = entry.value.clone();
+                    return Err(UnitError::UnknownSpecifier {
+                        line: entry.line,
+                        specifier,
+                        value,
+                    });
+                }
+                None => {
+                    let value = entry.value.clone();
+                    return Err(UnitError::LoneSpecifier {
+                        line: entry.line,
+                        value,
+                    });
+                }
+            };
+            text.push_str(expansion);
+            instance_dependent |= self.template && varies;
+        }
+        Ok(Resolved {
+            text,
+            instance_dependent,
+        })
+    }
+}
+
+/// An option value together with where it came from.
+#[derive(Debug, Clone)]
+struct Located<T> {
+    value: T,
+    line: usize,
+    instance_dependent: bool,
+}
+
+impl<T> Located<T> {
+    fn new(value: T, line: usize, instance_dependent: bool) -> Located<T> {
+        Located {
+            value,
+            line,
+            instance_dependent,
+        }
+    }
+}
+
+/// Options gathered entry by entry, before the cross-option checks.
+#[derive(Default)]
+struct Collected {
+    machine_id: Option<Located<String>>,
+    global: Option<Located<bool>>,
+    machine_of: Vec<Located<UnitName>>,
+    metadata: Vec<Located<(String, String)>>,
+    conflicts: Vec<Located<String>>,
+    replaces: Vec<Located<UnitName>>,
+}
+
+impl Collected {
+    fn apply(&mut self, key: OptionKey, line: usize, value: Resolved) -> Result<(), UnitError> {
+        let dependent = value.instance_dependent;
+        let text = value.text.as_str();
+        match key {
+            OptionKey::MachineId => {
+                let machine_id = Located::new(parse_machine_id(line, text)?, line, dependent);
+                set_once(&mut self.machine_id, key, machine_id, String::clone)
+            }
+            OptionKey::Global => {
+                let global = Located::new(parse_bool(line, key, text)?, line, dependent);
+                set_once(&mut self.global, key, global, bool::to_string)
+            }
+            OptionKey::MachineOf => {
+                for item in split_items(line, key, text)? {
+                    let target = parse_unit_name(line, key, &item)?;
+                    self.machine_of.push(Located::new(target, line, dependent));
+                }
+                Ok(())
+            }
+            OptionKey::Replaces => {
+                for item in split_items(line, key, text)? {
+                    let target = parse_unit_name(line, key, &item)?;
+                    self.replaces.push(Located::new(target, line, dependent));
+                }
+                Ok(())
+            }
+            OptionKey::MachineMetadata => {
+                for item in split_items(line, key, text)? {
+                    let pair = parse_metadata(line, item)?;
+                    self.metadata.push(Located::new(pair, line, dependent));
+                }
+                Ok(())
+            }
+            OptionKey::Conflicts => {
+                for pattern in split_items(line, key, text)? {
+                    if let Err(error) = Glob::new(&pattern) {
+                        let reason = error.kind().to_string();
+                        return Err(UnitError::BadGlob {
+                            line,
+                            pattern,
+                            reason,
+                        });
+                    }
+                    self.conflicts.push(Located::new(pattern, line, dependent));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn reset(&mut self, key: OptionKey) {
+        match key {
+            OptionKey::MachineId => self.machine_id = None,
+            OptionKey::Global => self.global = None,
+            OptionKey::MachineOf => self.machine_of.clear(),
+            OptionKey::MachineMetadata => self.metadata.clear(),
+            OptionKey::Conflicts => self.conflicts.clear(),
+            OptionKey::Replaces => self.replaces.clear(),
+        }
+    }
+
+    fn check_satisfiable(&self, name: &UnitName) -> Result<(), UnitError> {
+        let unsatisfiable = |line, reason: String| Err(UnitError::Unsatisfiable { line, reason });
+
+        if let Some(global) = self.global.as_ref().filter(|global| global.value) {
+            let later = |line: usize| line.max(global.line);
+            if let Some(target) = self.machine_of.first() {
+                return unsatisfiable(later(target.line), "Global=true rules out MachineOf".into());
+            }
+            if let Some(target) = self.replaces.first() {
+                return unsatisfiable(later(target.line), "Global=true rules out Replaces".into());
+            }
+            if let Some(machine_id) = &self.machine_id {
+                let line = later(machine_id.line);
+                return unsatisfiable(line, "Global=true rules out MachineID".into());
+            }
+        }
+
+        for (key, targets) in [
+            ("MachineOf", &self.machine_of),
+            ("Replaces", &self.replaces),
+        ] {
+            for target in targets {
+                if target.value.is_template() {
+                    let reason = format!(
+                        "{key} names template {:?}, which never runs",
+                        target.value.as_str()
+                    );
+                    return unsatisfiable(target.line, reason);
+                }
+                // A template's placeholder instance may differ from every real instance.
+                if !name.is_template() && target.value == *name {
+                    return unsatisfiable(target.line, format!("{key} names the unit itself"));
+                }
+            }
+        }
+
+        for target in &self.machine_of {
+            for replaced in &self.replaces {
+                if comparable(target, replaced) && target.value == replaced.value {
+                    let reason = format!(
+                        "{:?} is both a MachineOf target and replaced by this unit",
+                        target.value.as_str()
+                    );
+                    return unsatisfiable(target.line.max(replaced.line), reason);
+                }
+            }
+            for pattern in &self.conflicts {
+                let matches = Glob::new(&pattern.value)
+                    .map(|glob| glob.compile_matcher().is_match(target.value.as_str()))
+                    .unwrap_or(false);
+                if comparable(target, pattern) && matches {
+                    let reason = format!(
+                        "MachineOf target {:?} matches Conflicts pattern {:?}",
+                        target.value.as_str(),
+                        pattern.value
+                    );
+                    return unsatisfiable(target.line.max(pattern.line), reason);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn into_options(self) -> FleetOptions {
+        let mut metadata: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for pair in self.metadata {
+            let (key, value) = pair.value;
+            let alternatives = metadata.entry(key).or_default();
+            if !alternatives.contains(&value) {
+                alternatives.push(value);
+            }
+        }
+        FleetOptions {
+            machine_id: self.machine_id.map(|machine_id| machine_id.value),
+            machine_of: self
+                .machine_of
+                .into_iter()
+                .map(|target| target.value)
+                .collect(),
+            metadata,
+            conflicts: self
+                .conflicts
+                .into_iter()
+                .map(|pattern| pattern.value)
+                .collect(),
+            global: self.global.is_some_and(|global| global.value),
+            replaces: self
+                .replaces
+                .into_iter()
+                .map(|target| target.value)
+                .collect(),
+        }
+    }
+}
+
+/// Two values can be compared for a contradiction unless either depends on the instance.
+fn comparable<A, B>(left: &Located<A>, right: &Located<B>) -> bool {
+    !left.instance_dependent && !right.instance_dependent
+}
+
+fn set_once<T: PartialEq>(
+    slot: &mut Option<Located<T>>,
+    key: OptionKey,
+    value: Located<T>,
+    show: impl Fn(&T) -> String,
+) -> Result<(), UnitError> {
+    match slot {
+        Some(first) if first.value != value.value => Err(UnitError::ConflictingValue {
+            line: value.line,
+            key: key.name(),
+            first: show(&first.value),
+            first_line: first.line,
+        }),
+        Some(_) => Ok(()),
+        None => {
+            *slot = Some(value);
+            Ok(())
+        }
+    }
+}
+
+fn parse_machine_id(line: usize, value: &str) -> Result<String, UnitError> {
+    let is_hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+    if value.is_empty() || value.len() > 32 || !value.chars().all(is_hex) {
+        return Err(UnitError::BadMachineId {
+            line,
+            value: value.to_owned(),
+        });
+    }
+    Ok(value.to_owned())
+}
+
+fn parse_bool(line: usize, key: OptionKey, value: &str) -> Result<bool, UnitError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" | "on" => Ok(true),
+        "false" | "no" | "0" | "off" => Ok(false),
+        _ => Err(UnitError::BadBool {
+            line,
+            key: key.name(),
+            value: value.to_owned(),
+        }),
+    }
+}
+
+fn parse_unit_name(line: usize, key: OptionKey, item: &str) -> Result<UnitName, UnitError> {
+    UnitName::parse(item).map_err(|reason| UnitError::BadUnitName {
+        line,
+        key: key.name(),
+        reason,
+    })
+}
+
+fn parse_metadata(line: usize, pair: String) -> Result<(String, String), UnitError> {
+    let problem = match pair.split_once('=') {
+        None => "is not key=value",
+        Some(("", _)) => "has an empty key",
+        Some((_, "")) => "has an empty value",
+        Some((key, value)) => return Ok((key.to_owned(), value.to_owned())),
+    };
+    Err(UnitError::BadMetadata {
+        line,
+        pair,
+        problem,
+    })
+}
+
+/// Splits a list value at whitespace; double quotes group an item and are removed.
+fn split_items(line: usize, key: OptionKey, value: &str) -> Result<Vec<String>, UnitError> {
+    let mut items = Vec::new();
+    let mut current = String::new();
+    let mut in_item = false;
+    let mut quoted = false;
+    for character in value.chars() {
+        match character {
+            '"' => {
+                quoted = !quoted;
+                in_item = true;
+            }
+            c if is_blank(c) && !quoted => {
+                if in_item {
+                    items.push(std::mem::take(&mut current));
+                }
+                in_item = false;
+            }
+            c => {
+                current.push(c);
+                in_item = true;
+            }
+        }
+    }
+    if quoted {
+        let value = value.to_owned();
+        return Err(UnitError::UnterminatedQuote {
+            line,
+            key: key.name(),
+            value,
+        });
+    }
+    if in_item {
+        items.push(current);
+    }
+    Ok(items)
+}
