@@ -980,9 +980,10 @@ impl Specifiers {
             None if template => TEMPLATE_PLACEHOLDER,
             None => "",
         };
-        let without_suffix = match name.as_str().contains('@') {
-            true => format!("{}@{}", name.prefix(), instance),
-            false => name.prefix().to_owned(),
+        let without_suffix = if name.as_str().contains('@') {
+            format!("{}@{}", name.prefix(), instance)
+        } else {
+            name.prefix().to_owned()
         };
         Specifiers {
             full: format!("{without_suffix}{}", name.suffix()),
@@ -1328,4 +1329,962 @@ fn split_items(line: usize, key: OptionKey, value: &str) -> Result<Vec<String>, 
         items.push(current);
     }
     Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALLOWED: &str = "(allowed: letters, digits and \":_.@-\")";
+
+    fn name(text: &str) -> UnitName {
+        UnitName::parse(text).expect("test unit names are valid")
+    }
+
+    fn file(text: &str) -> UnitFile {
+        UnitFile::parse(&name("test.service"), text.as_bytes()).expect("test unit file parses")
+    }
+
+    /// Parses `[X-Fleet]` options for `unit`; the first `fleet_lines` line is line 5.
+    fn options_for(unit: &str, fleet_lines: &str) -> Result<FleetOptions, UnitError> {
+        let unit_name = name(unit);
+        let text = format!("[Unit]\nDescription=test\n\n[X-Fleet]\n{fleet_lines}\n");
+        let unit_file = UnitFile::parse(&unit_name, text.as_bytes())?;
+        FleetOptions::from_unit(&unit_name, &unit_file)
+    }
+
+    fn error_for(unit: &str, fleet_lines: &str) -> String {
+        match options_for(unit, fleet_lines) {
+            Ok(options) => panic!("{fleet_lines:?} was accepted as {options:?}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn name_validation_accepts_names_systemd_accepts() {
+        let longest = format!("{}.service", "a".repeat(MAX_NAME_LEN - ".service".len()));
+        let cases = [
+            "web.service",
+            "web@.service",
+            "web@1.service",
+            "db@a.b.service",
+            "a:b_c-d.socket",
+            "-.mount",
+            "home.automount",
+            "x.device",
+            "x.swap",
+            "x.target",
+            "x.path",
+            "x.timer",
+            "x.slice",
+            "x.scope",
+            "nginx.container",
+            longest.as_str(),
+        ];
+        for case in cases {
+            assert_eq!(
+                UnitName::parse(case).map(String::from),
+                Ok(case.to_owned()),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn name_validation_refusals_name_the_reason() {
+        let too_long = format!(
+            "{}.service",
+            "a".repeat(MAX_NAME_LEN + 1 - ".service".len())
+        );
+        let suffixes = UNIT_SUFFIXES.join(" ");
+        let cases = [
+            ("", "unit name is empty".to_owned()),
+            (
+                too_long.as_str(),
+                "unit name is 256 bytes long (at most 255 allowed)".to_owned(),
+            ),
+            (
+                "a/b.service",
+                format!("unit name \"a/b.service\" contains '/' {ALLOWED}"),
+            ),
+            (
+                "../x.service",
+                format!("unit name \"../x.service\" contains '/' {ALLOWED}"),
+            ),
+            (
+                "a b.service",
+                format!("unit name \"a b.service\" contains ' ' {ALLOWED}"),
+            ),
+            (
+                "x.service\n",
+                format!("unit name \"x.service\\n\" contains '\\n' {ALLOWED}"),
+            ),
+            (
+                "b\u{7}.service",
+                format!("unit name \"b\\u{{7}}.service\" contains '\\u{{7}}' {ALLOWED}"),
+            ),
+            (
+                "wéb.service",
+                format!("unit name \"wéb.service\" contains 'é' {ALLOWED}"),
+            ),
+            (
+                "a..b.service",
+                "unit name \"a..b.service\" contains \"..\"".to_owned(),
+            ),
+            (
+                "web",
+                format!("unit name \"web\" has no unit type suffix (expected one of {suffixes})"),
+            ),
+            (
+                "web.exe",
+                format!(
+                    "unit name \"web.exe\" has unknown suffix \".exe\" (expected one of {suffixes})"
+                ),
+            ),
+            (
+                "web.Service",
+                format!(
+                    "unit name \"web.Service\" has unknown suffix \".Service\" (expected one of \
+                     {suffixes})"
+                ),
+            ),
+            (
+                ".service",
+                "unit name \".service\" has nothing before its suffix".to_owned(),
+            ),
+            (
+                "web@@1.service",
+                "unit name \"web@@1.service\" contains more than one '@'".to_owned(),
+            ),
+            (
+                "a@b@c.service",
+                "unit name \"a@b@c.service\" contains more than one '@'".to_owned(),
+            ),
+            (
+                "@.service",
+                "unit name \"@.service\" has nothing before '@'".to_owned(),
+            ),
+            (
+                "@1.service",
+                "unit name \"@1.service\" has nothing before '@'".to_owned(),
+            ),
+        ];
+        for (input, expected) in cases {
+            let error = UnitName::parse(input).expect_err(input);
+            assert_eq!(error.to_string(), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn name_parts_follow_template_and_instance_shape() {
+        // (name, suffix, prefix, instance, is_template, template)
+        let cases = [
+            ("web.service", ".service", "web", None, false, None),
+            ("web@.service", ".service", "web", None, true, None),
+            (
+                "web@1.service",
+                ".service",
+                "web",
+                Some("1"),
+                false,
+                Some("web@.service"),
+            ),
+            (
+                "db@a.b.socket",
+                ".socket",
+                "db",
+                Some("a.b"),
+                false,
+                Some("db@.socket"),
+            ),
+            (
+                "app.v2.container",
+                ".container",
+                "app.v2",
+                None,
+                false,
+                None,
+            ),
+        ];
+        for (input, suffix, prefix, instance, is_template, template) in cases {
+            let unit = name(input);
+            assert_eq!(unit.as_str(), input);
+            assert_eq!(unit.suffix(), suffix, "{input}");
+            assert_eq!(unit.prefix(), prefix, "{input}");
+            assert_eq!(unit.instance(), instance, "{input}");
+            assert_eq!(unit.is_template(), is_template, "{input}");
+            assert_eq!(unit.is_instance(), instance.is_some(), "{input}");
+            assert_eq!(unit.template(), template.map(name), "{input}");
+        }
+    }
+
+    #[test]
+    fn instantiate_makes_instances_of_templates_only() {
+        let cases = [
+            ("web@.service", "1", Ok("web@1.service")),
+            ("web@.service", "blue.eu", Ok("web@blue.eu.service")),
+            (
+                "web@.service",
+                "",
+                Err("instance name for template \"web@.service\" is empty"),
+            ),
+            (
+                "web.service",
+                "1",
+                Err("unit name \"web.service\" is not a template"),
+            ),
+            (
+                "web@1.service",
+                "2",
+                Err("unit name \"web@1.service\" is not a template"),
+            ),
+            (
+                "web@.service",
+                "a@b",
+                Err("unit name \"web@a@b.service\" contains more than one '@'"),
+            ),
+        ];
+        for (template, instance, expected) in cases {
+            let result = name(template).instantiate(instance);
+            let result = result.map(String::from).map_err(|error| error.to_string());
+            let expected = expected.map(str::to_owned).map_err(str::to_owned);
+            assert_eq!(result, expected, "{template} with {instance:?}");
+        }
+        let bad_char = name("web@.service").instantiate("a/b").expect_err("slash");
+        assert_eq!(
+            bad_char.to_string(),
+            format!("unit name \"web@a/b.service\" contains '/' {ALLOWED}")
+        );
+    }
+
+    #[test]
+    fn unit_name_converts_only_through_validation() {
+        use serde::de::IntoDeserializer;
+        use serde::de::value::{Error as ValueError, StrDeserializer};
+
+        let accepted: StrDeserializer<'_, ValueError> = "web@1.service".into_deserializer();
+        assert_eq!(UnitName::deserialize(accepted), Ok(name("web@1.service")));
+        let refused: StrDeserializer<'_, ValueError> = "web".into_deserializer();
+        let error = UnitName::deserialize(refused).expect_err("no suffix");
+        assert!(
+            error.to_string().contains("has no unit type suffix"),
+            "{error}"
+        );
+
+        let unit = name("web.service");
+        assert_eq!(unit.to_string(), "web.service");
+        assert_eq!(unit.as_ref(), "web.service");
+        assert_eq!("web.service".parse::<UnitName>(), Ok(unit.clone()));
+        assert_eq!(
+            UnitName::try_from("web.service".to_owned()),
+            Ok(unit.clone())
+        );
+        assert_eq!(String::from(unit), "web.service");
+        assert!(UnitName::try_from("a b.service").is_err());
+    }
+
+    #[test]
+    fn parse_reads_sections_entries_and_keeps_the_text() {
+        let text = "# leading comment\n\
+                    [Unit]\n\
+                    Description = the web server \n\
+                    \t; indented comment\n\
+                    After=network.target\n\
+                    \n\
+                    [Service]\n\
+                    ExecStart=/bin/web --port=80\n\
+                    Environment=A=1\n\
+                    Environment=B=2\n";
+        let unit_file = file(text);
+
+        assert_eq!(unit_file.text(), text);
+        assert_eq!(unit_file.name(), &name("test.service"));
+        assert_eq!(
+            unit_file.sections().collect::<Vec<_>>(),
+            ["Unit", "Service"]
+        );
+        assert!(unit_file.has_section("Service"));
+        assert!(!unit_file.has_section("X-Fleet"));
+        assert_eq!(
+            unit_file.value("Unit", "Description"),
+            Some("the web server")
+        );
+        assert_eq!(
+            unit_file.value("Service", "ExecStart"),
+            Some("/bin/web --port=80")
+        );
+        assert_eq!(unit_file.values("Service", "Environment"), ["A=1", "B=2"]);
+        assert_eq!(
+            unit_file.values("Missing", "Environment"),
+            Vec::<&str>::new()
+        );
+
+        let entries: Vec<_> = unit_file
+            .entries("Unit")
+            .map(|entry| (entry.key.as_str(), entry.value.as_str(), entry.line))
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                ("Description", "the web server", 3),
+                ("After", "network.target", 5)
+            ]
+        );
+    }
+
+    #[test]
+    fn continuation_joins_lines_as_systemd_does() {
+        let cases = [
+            ("backslash becomes a space", "K=a\\\nb", "a b"),
+            ("whitespace is kept inside", "K=a \\\n  b", "a    b"),
+            ("three lines", "K=a\\\nb\\\nc", "a b c"),
+            ("hash comment inside is skipped", "K=a\\\n# note\nb", "a b"),
+            (
+                "semicolon comment inside is skipped",
+                "K=a\\\n  ; note\nb",
+                "a b",
+            ),
+            ("even backslashes do not continue", "K=a\\\\\nL=b", "a\\\\"),
+            ("odd backslashes continue", "K=a\\\\\\\nb", "a\\\\ b"),
+            ("continuation at end of file", "K=a\\", "a"),
+            ("blank line ends it", "K=a\\\n\nL=b", "a"),
+            (
+                "space after backslash does not continue",
+                "K=a\\ \nL=b",
+                "a\\",
+            ),
+            ("crlf endings", "K=a\\\r\nb\r\n", "a b"),
+        ];
+        for (behaviour, body, expected) in cases {
+            let unit_file = file(&format!("[S]\n{body}\n"));
+            assert_eq!(unit_file.value("S", "K"), Some(expected), "{behaviour}");
+        }
+    }
+
+    #[test]
+    fn entries_are_numbered_by_their_first_line() {
+        let unit_file = file("[S]\nA=1\\\n# c\n2\nB=3\n");
+        let lines: Vec<_> = unit_file
+            .entries("S")
+            .map(|entry| (entry.key.as_str(), entry.line))
+            .collect();
+        assert_eq!(lines, [("A", 2), ("B", 5)]);
+    }
+
+    #[test]
+    fn repeated_keys_keep_order_and_empty_assignment_resets() {
+        let unit_file = file("[S]\nL=a\nL=b\nL=\nL=c\nL=d\nOne=x\nOne=\n");
+        let all: Vec<_> = unit_file
+            .entries("S")
+            .filter(|entry| entry.key == "L")
+            .map(|entry| entry.value.as_str())
+            .collect();
+        assert_eq!(all, ["a", "b", "", "c", "d"]);
+        assert_eq!(unit_file.values("S", "L"), ["c", "d"]);
+        assert_eq!(unit_file.value("S", "One"), None);
+        assert_eq!(unit_file.values("S", "One"), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn crlf_line_endings_parse_like_lf_and_text_is_kept() {
+        let lf = "[Unit]\nDescription=x\n\n[Service]\nExecStart=/bin/true\n";
+        let crlf = lf.replace('\n', "\r\n");
+        let (lf_file, crlf_file) = (file(lf), file(&crlf));
+        assert_eq!(crlf_file.text(), crlf);
+        for section in ["Unit", "Service"] {
+            assert!(
+                lf_file.entries(section).eq(crlf_file.entries(section)),
+                "{section}"
+            );
+        }
+        assert_ne!(lf_file.hash(), crlf_file.hash());
+    }
+
+    #[test]
+    fn repeated_sections_merge_in_file_order() {
+        let unit_file = file("[A]\nK=1\n[B]\nK=2\n[A]\nK=3\n");
+        assert_eq!(unit_file.sections().collect::<Vec<_>>(), ["A", "B"]);
+        assert_eq!(unit_file.values("A", "K"), ["1", "3"]);
+    }
+
+    #[test]
+    fn byte_order_mark_is_skipped_for_parsing_but_kept_in_text() {
+        let text = "\u{feff}[Unit]\nDescription=x\n";
+        let unit_file = file(text);
+        assert_eq!(unit_file.sections().collect::<Vec<_>>(), ["Unit"]);
+        assert_eq!(unit_file.text(), text);
+    }
+
+    #[test]
+    fn hash_is_lowercase_hex_sha256_of_the_text() {
+        let unit_file = file("[Unit]\nDescription=x\n");
+        assert_eq!(
+            unit_file.hash(),
+            "81e91454ee419600fb432ef848b5199e8abfec857e47a8a2cd83a0d601a4ce30"
+        );
+    }
+
+    #[test]
+    fn file_of_exactly_the_size_limit_is_accepted() {
+        let header = "[Unit]\n#";
+        let text = format!("{header}{}", "x".repeat(MAX_UNIT_FILE_SIZE - header.len()));
+        assert_eq!(text.len(), MAX_UNIT_FILE_SIZE);
+        assert!(UnitFile::parse(&name("big.service"), text.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn unit_file_refusals_name_their_line() {
+        let oversized = vec![b'#'; MAX_UNIT_FILE_SIZE + 1];
+        let long_garbage = format!("[Unit]\n{}\n", "g".repeat(100));
+        let cases: [(&[u8], String); 13] = [
+            (b"", "unit file is empty".into()),
+            (
+                &oversized,
+                "unit file is 1048577 bytes (at most 1048576 allowed)".into(),
+            ),
+            (
+                b"[Unit]\nA=b\0c\n",
+                "line 2: unit file contains a NUL byte at byte offset 10 (binary data?)".into(),
+            ),
+            (
+                b"[Unit]\nA=\xff\n",
+                "line 2: unit file is not valid UTF-8 at byte offset 9".into(),
+            ),
+            (b"\n\n# only comments\n", "unit file has no sections".into()),
+            (
+                b"A=b\n[Unit]\n",
+                "line 1: assignment \"A=b\" comes before any [Section] header".into(),
+            ),
+            (
+                b"[Unit]\nA=b\n\ngarbage\n",
+                "line 4: expected \"Key=Value\" or \"[Section]\", found \"garbage\"".into(),
+            ),
+            (
+                b"garbage\n[Unit]\n",
+                "line 1: expected \"Key=Value\" or \"[Section]\", found \"garbage\"".into(),
+            ),
+            (
+                long_garbage.as_bytes(),
+                format!(
+                    "line 2: expected \"Key=Value\" or \"[Section]\", found \"{}…\"",
+                    "g".repeat(MAX_EXCERPT_CHARS)
+                ),
+            ),
+            (
+                b"[Unit]\nA=b\n[Service\n",
+                "line 3: section header \"[Service\" is not closed by ']'".into(),
+            ),
+            (
+                b"[Unit] # x\n",
+                "line 1: section header \"[Unit] # x\" is not closed by ']'".into(),
+            ),
+            (
+                b"[]\nA=b\n",
+                "line 1: section header \"[]\" has an empty name".into(),
+            ),
+            (
+                b"[Unit]\n = b\n",
+                "line 2: assignment \"= b\" has an empty key".into(),
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let error = UnitFile::parse(&name("x.service"), bytes).expect_err(&expected);
+            assert_eq!(error.to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn fleet_options_read_every_key() {
+        let options = options_for(
+            "web.service",
+            "MachineID=0123456789abcdef0123456789abcdef\n\
+             MachineOf=db.service cache.service\n\
+             MachineMetadata=region=eu\n\
+             Conflicts=web@*.service\n\
+             Conflicts=other.service\n\
+             Replaces=web-old.service\n\
+             Global=false",
+        )
+        .expect("options are valid");
+        let expected = FleetOptions {
+            machine_id: Some("0123456789abcdef0123456789abcdef".into()),
+            machine_of: vec![name("db.service"), name("cache.service")],
+            metadata: BTreeMap::from([("region".into(), vec!["eu".into()])]),
+            conflicts: vec!["web@*.service".into(), "other.service".into()],
+            global: false,
+            replaces: vec![name("web-old.service")],
+        };
+        assert_eq!(options, expected);
+    }
+
+    #[test]
+    fn file_without_fleet_section_has_default_options() {
+        let unit_name = name("web.service");
+        let unit_file =
+            UnitFile::parse(&unit_name, b"[Service]\nExecStart=/bin/web\n").expect("parses");
+        assert_eq!(
+            FleetOptions::from_unit(&unit_name, &unit_file),
+            Ok(FleetOptions::default())
+        );
+    }
+
+    #[test]
+    fn legacy_x_prefixed_keys_are_aliases() {
+        let options = options_for(
+            "web.service",
+            "X-ConditionMachineID=abc\n\
+             X-ConditionMachineOf=db.service\n\
+             X-ConditionMachineMetadata=disk=ssd\n\
+             X-Conflicts=web*",
+        )
+        .expect("aliases are accepted");
+        assert_eq!(options.machine_id.as_deref(), Some("abc"));
+        assert_eq!(options.machine_of, [name("db.service")]);
+        assert_eq!(options.metadata["disk"], ["ssd"]);
+        assert_eq!(options.conflicts, ["web*"]);
+    }
+
+    #[test]
+    fn metadata_pairs_share_lines_and_collect_alternatives() {
+        let options = options_for(
+            "web.service",
+            "MachineMetadata=region=eu disk=ssd\n\
+             MachineMetadata=region=us\n\
+             MachineMetadata=\"role=web server\" region=eu",
+        )
+        .expect("metadata is valid");
+        let expected = BTreeMap::from([
+            ("disk".to_owned(), vec!["ssd".to_owned()]),
+            ("region".to_owned(), vec!["eu".to_owned(), "us".to_owned()]),
+            ("role".to_owned(), vec!["web server".to_owned()]),
+        ]);
+        assert_eq!(options.metadata, expected);
+    }
+
+    #[test]
+    fn list_options_reset_on_empty_assignment() {
+        let options = options_for(
+            "web.service",
+            "MachineOf=a.service\nMachineOf=\nMachineOf=b.service\n\
+             Conflicts=x*\nConflicts=\n\
+             MachineMetadata=k=v\nMachineMetadata=\n\
+             Replaces=old.service\nReplaces=\n\
+             MachineID=abc\nMachineID=\nMachineID=def\n\
+             Global=true\nGlobal=",
+        )
+        .expect("resets are valid");
+        let expected = FleetOptions {
+            machine_id: Some("def".into()),
+            machine_of: vec![name("b.service")],
+            ..FleetOptions::default()
+        };
+        assert_eq!(options, expected);
+    }
+
+    #[test]
+    fn global_accepts_systemd_booleans() {
+        let cases = [
+            ("true", true),
+            ("yes", true),
+            ("1", true),
+            ("on", true),
+            ("TRUE", true),
+            ("false", false),
+            ("no", false),
+            ("0", false),
+            ("off", false),
+        ];
+        for (value, expected) in cases {
+            let options = options_for("web.service", &format!("Global={value}")).expect(value);
+            assert_eq!(options.global, expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn same_value_twice_is_not_a_conflict() {
+        let machine_id = options_for("web.service", "MachineID=abc\nMachineID=abc");
+        assert_eq!(
+            machine_id.expect("same id twice").machine_id.as_deref(),
+            Some("abc")
+        );
+        let global = options_for("web.service", "Global=yes\nGlobal=true");
+        assert!(global.expect("same boolean twice").global);
+    }
+
+    #[test]
+    fn specifiers_resolve_for_an_instance() {
+        let options = options_for(
+            "web@blue.service",
+            "MachineOf=db@%i.service\n\
+             Conflicts=%p@*.service\n\
+             Replaces=%p-old@%i.service\n\
+             MachineMetadata=unit=%n stem=%N color=%i share=100%%",
+        )
+        .expect("specifiers resolve");
+        assert_eq!(options.machine_of, [name("db@blue.service")]);
+        assert_eq!(options.conflicts, ["web@*.service"]);
+        assert_eq!(options.replaces, [name("web-old@blue.service")]);
+        let metadata: Vec<_> = options
+            .metadata
+            .iter()
+            .map(|(key, values)| (key.as_str(), values[0].as_str()))
+            .collect();
+        assert_eq!(
+            metadata,
+            [
+                ("color", "blue"),
+                ("share", "100%"),
+                ("stem", "web@blue"),
+                ("unit", "web@blue.service")
+            ]
+        );
+    }
+
+    #[test]
+    fn specifiers_resolve_for_a_plain_unit() {
+        let options = options_for("web.service", "MachineMetadata=a=%n b=%N c=%p d=x%i")
+            .expect("specifiers resolve");
+        let metadata: Vec<_> = options
+            .metadata
+            .iter()
+            .map(|(key, values)| (key.as_str(), values[0].as_str()))
+            .collect();
+        assert_eq!(
+            metadata,
+            [("a", "web.service"), ("b", "web"), ("c", "web"), ("d", "x")]
+        );
+    }
+
+    #[test]
+    fn fleet_option_refusals_name_their_line() {
+        let bad_name = format!("unit name \"a/b.service\" contains '/' {ALLOWED}");
+        let no_suffix = format!(
+            "unit name \"b\" has no unit type suffix (expected one of {})",
+            UNIT_SUFFIXES.join(" ")
+        );
+        // (X-Fleet lines, line of the error, message after the line number)
+        let cases = [
+            ("Bogus=1", 5, "unknown [X-Fleet] option \"Bogus\""),
+            (
+                "machineid=abc",
+                5,
+                "unknown [X-Fleet] option \"machineid\" (did you mean \"MachineID\"?)",
+            ),
+            (
+                "MachineID=abc\nMachineID=abd",
+                6,
+                "MachineID is already set to \"abc\" on line 5",
+            ),
+            (
+                "Global=on\n\nGlobal=no",
+                7,
+                "Global is already set to \"true\" on line 5",
+            ),
+            (
+                "Global=maybe",
+                5,
+                "Global expects true/false, yes/no, 1/0 or on/off, found \"maybe\"",
+            ),
+            (
+                "MachineMetadata=region",
+                5,
+                "MachineMetadata \"region\" is not key=value",
+            ),
+            (
+                "MachineMetadata==eu",
+                5,
+                "MachineMetadata \"=eu\" has an empty key",
+            ),
+            (
+                "MachineMetadata=a=b region=",
+                5,
+                "MachineMetadata \"region=\" has an empty value",
+            ),
+            (
+                "MachineMetadata=\"region=eu",
+                5,
+                "MachineMetadata value \"\\\"region=eu\" has an unterminated quote",
+            ),
+            (
+                "MachineID=ABC",
+                5,
+                "MachineID \"ABC\" is not 1 to 32 lowercase hexadecimal digits",
+            ),
+            (
+                "MachineID=0123456789abcdef0123456789abcdef0",
+                5,
+                "MachineID \"0123456789abcdef0123456789abcdef0\" is not 1 to 32 lowercase \
+                 hexadecimal digits",
+            ),
+            (
+                "MachineOf=a/b.service",
+                5,
+                &format!("invalid MachineOf value: {bad_name}"),
+            ),
+            (
+                "Replaces=@.service",
+                5,
+                "invalid Replaces value: unit name \"@.service\" has nothing before '@'",
+            ),
+            (
+                "Conflicts=web[.service",
+                5,
+                "Conflicts pattern \"web[.service\" is not a valid glob: unclosed character class; \
+                 missing ']'",
+            ),
+            (
+                "MachineOf=%x.service",
+                5,
+                "unknown specifier \"%x\" in \"%x.service\" (known: %n %N %p %i %%)",
+            ),
+            (
+                "MachineMetadata=a=5%",
+                5,
+                "\"a=5%\" ends in a lone '%' (write %% for a literal percent sign)",
+            ),
+            (
+                "MachineOf=a.service \\\n  b\n",
+                5,
+                &format!("invalid MachineOf value: {no_suffix}"),
+            ),
+        ];
+        for (fleet_lines, line, message) in cases {
+            let expected = format!("line {line}: {message}");
+            assert_eq!(
+                error_for("web.service", fleet_lines),
+                expected,
+                "{fleet_lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unsatisfiable_combinations_are_refused() {
+        // (X-Fleet lines, line of the error, reason)
+        let cases = [
+            (
+                "Global=true\nMachineOf=db.service",
+                6,
+                "Global=true rules out MachineOf",
+            ),
+            (
+                "Replaces=old.service\nGlobal=true",
+                6,
+                "Global=true rules out Replaces",
+            ),
+            (
+                "Global=true\nMachineID=abc",
+                6,
+                "Global=true rules out MachineID",
+            ),
+            (
+                "MachineOf=web.service",
+                5,
+                "MachineOf names the unit itself",
+            ),
+            ("Replaces=%n", 5, "Replaces names the unit itself"),
+            (
+                "MachineOf=db.service\nConflicts=db*",
+                6,
+                "MachineOf target \"db.service\" matches Conflicts pattern \"db*\"",
+            ),
+            (
+                "Conflicts=*.service\n\nMachineOf=db.service",
+                7,
+                "MachineOf target \"db.service\" matches Conflicts pattern \"*.service\"",
+            ),
+            (
+                "MachineOf=db.service\nReplaces=db.service",
+                6,
+                "\"db.service\" is both a MachineOf target and replaced by this unit",
+            ),
+            (
+                "MachineOf=db@.service",
+                5,
+                "MachineOf names template \"db@.service\", which never runs",
+            ),
+            (
+                "Replaces=old@%i.service",
+                5,
+                "Replaces names template \"old@.service\", which never runs",
+            ),
+        ];
+        for (fleet_lines, line, reason) in cases {
+            let expected = format!("line {line}: unit can never be placed: {reason}");
+            assert_eq!(
+                error_for("web.service", fleet_lines),
+                expected,
+                "{fleet_lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn satisfiable_neighbours_of_the_refused_combinations_are_accepted() {
+        let cases = [
+            (
+                "a Conflicts glob matching the unit itself",
+                "Conflicts=web*",
+            ),
+            (
+                "Global=false with MachineOf",
+                "Global=false\nMachineOf=db.service",
+            ),
+            (
+                "Global with metadata and Conflicts",
+                "Global=true\nMachineMetadata=a=b\nConflicts=x*",
+            ),
+            (
+                "MachineOf and a Conflicts glob that misses it",
+                "MachineOf=db.service\nConflicts=web*",
+            ),
+            (
+                "MachineOf and Replaces of different units",
+                "MachineOf=db.service\nReplaces=old.service",
+            ),
+        ];
+        for (behaviour, fleet_lines) in cases {
+            assert!(
+                options_for("web.service", fleet_lines).is_ok(),
+                "{behaviour}"
+            );
+        }
+    }
+
+    #[test]
+    fn template_files_check_syntax_but_leave_instance_checks_to_instances() {
+        let accepted = [
+            ("%n is the instance itself", "MachineOf=%n"),
+            (
+                "only instance 1 would name itself",
+                "MachineOf=web@1.service",
+            ),
+            ("MachineID from the instance", "MachineID=%i"),
+            (
+                "target and pattern differ per instance",
+                "MachineOf=db@%i.service\nConflicts=db@1*",
+            ),
+            ("metadata from the instance", "MachineMetadata=host=%i"),
+        ];
+        for (behaviour, fleet_lines) in accepted {
+            assert!(
+                options_for("web@.service", fleet_lines).is_ok(),
+                "{behaviour}"
+            );
+        }
+
+        let refused = [
+            (
+                "Global=maybe",
+                "line 5: Global expects true/false, yes/no, 1/0 or on/off, found \"maybe\"",
+            ),
+            ("Bogus=%i", "line 5: unknown [X-Fleet] option \"Bogus\""),
+            (
+                "MachineOf=%q",
+                "line 5: unknown specifier \"%q\" in \"%q\" (known: %n %N %p %i %%)",
+            ),
+            (
+                "Global=true\nMachineOf=db.service",
+                "line 6: unit can never be placed: Global=true rules out MachineOf",
+            ),
+            (
+                "MachineOf=db.service\nConflicts=db*",
+                "line 6: unit can never be placed: MachineOf target \"db.service\" matches \
+                 Conflicts pattern \"db*\"",
+            ),
+        ];
+        for (fleet_lines, expected) in refused {
+            assert_eq!(
+                error_for("web@.service", fleet_lines),
+                expected,
+                "{fleet_lines:?}"
+            );
+        }
+
+        let instance_error = error_for("web@1.service", "MachineOf=web@1.service");
+        assert_eq!(
+            instance_error,
+            "line 5: unit can never be placed: MachineOf names the unit itself"
+        );
+    }
+
+    #[test]
+    fn options_match_machine_ids_by_prefix_and_metadata_by_alternatives() {
+        let options = options_for(
+            "web.service",
+            "MachineID=ab\nMachineMetadata=region=eu region=us disk=ssd",
+        )
+        .expect("options are valid");
+        assert!(options.matches_machine_id("abcdef"));
+        assert!(!options.matches_machine_id("bacdef"));
+        assert!(FleetOptions::default().matches_machine_id("anything"));
+
+        let machine = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|&(key, value)| (key.to_owned(), value.to_owned()))
+                .collect()
+        };
+        let cases = [
+            (machine(&[("region", "eu"), ("disk", "ssd")]), true),
+            (
+                machine(&[("region", "us"), ("disk", "ssd"), ("extra", "x")]),
+                true,
+            ),
+            (machine(&[("region", "mars"), ("disk", "ssd")]), false),
+            (machine(&[("region", "eu")]), false),
+            (machine(&[]), false),
+        ];
+        for (metadata, expected) in cases {
+            assert_eq!(
+                options.matches_metadata(&metadata),
+                expected,
+                "{metadata:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn conflict_set_matches_the_conflicts_globs() {
+        let options = options_for("web.service", "Conflicts=db*.service cache.service")
+            .expect("options are valid");
+        let globs = options.conflict_set().expect("validated globs compile");
+        assert!(globs.is_match("db@1.service"));
+        assert!(globs.is_match("cache.service"));
+        assert!(!globs.is_match("web.service"));
+    }
+
+    #[test]
+    fn verify_checks_name_file_and_options_in_turn() {
+        let good = b"[Service]\nExecStart=/bin/web\n[X-Fleet]\nMachineOf=db@%i.service\n";
+        let (unit_name, unit_file, options) =
+            verify("/srv/units/web@1.service", good).expect("unit verifies");
+        assert_eq!(unit_name, name("web@1.service"));
+        assert_eq!(unit_file.text().as_bytes(), good);
+        assert_eq!(options.machine_of, [name("db@1.service")]);
+
+        let cases: [(&str, &[u8], &str); 3] = [
+            (
+                "units/web",
+                good,
+                "unit name \"web\" has no unit type suffix (expected one of .service .socket \
+                 .device .mount .automount .swap .target .path .timer .slice .scope .container)",
+            ),
+            (
+                "web.service",
+                b"[Service]\nnonsense\n",
+                "web.service: line 2: expected \"Key=Value\" or \"[Section]\", found \"nonsense\"",
+            ),
+            (
+                "web.service",
+                b"[X-Fleet]\nGlobal=2\n",
+                "web.service: line 2: Global expects true/false, yes/no, 1/0 or on/off, \
+                 found \"2\"",
+            ),
+        ];
+        for (path, bytes, expected) in cases {
+            let error = verify(path, bytes).expect_err(expected);
+            assert_eq!(error.to_string(), expected);
+        }
+    }
 }

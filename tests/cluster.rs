@@ -1,0 +1,490 @@
+//! Cluster tests on the real topology: three etcd members, three hosts running systemd as PID 1
+//! with flotd as a service, driven through flotctl as an operator would.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{HOSTS, TTL, scenario};
+
+const SLEEPER: &str =
+    "[Unit]\nDescription=test sleeper\n\n[Service]\nExecStart=/bin/sleep infinity\n";
+
+fn names(template: &str, range: std::ops::RangeInclusive<u32>) -> Vec<String> {
+    range
+        .map(|i| template.replace("@.", &format!("@{i}.")))
+        .collect()
+}
+
+fn with<'a>(verb: &'a str, units: &'a [String]) -> Vec<&'a str> {
+    let mut args = vec![verb];
+    args.extend(units.iter().map(String::as_str));
+    args
+}
+
+#[test]
+fn twelve_units_spread_four_per_host() {
+    let s = scenario();
+    s.cleanup(&["spread@*"]);
+    let files = s.unit_files(&[("spread@.service", SLEEPER)]);
+    s.ok(&["submit", &files[0]]);
+    let units = names("spread@.service", 1..=12);
+    s.ok(&with("start", &units));
+
+    let mut per_machine: BTreeMap<String, usize> = BTreeMap::new();
+    for (unit, machine, active, _) in s.units() {
+        if unit.starts_with("spread@") {
+            assert_eq!(active, "active", "{unit}");
+            *per_machine.entry(machine).or_default() += 1;
+        }
+    }
+    assert_eq!(per_machine.values().copied().collect::<Vec<_>>(), [4, 4, 4]);
+    for host in HOSTS {
+        let listed = s.host(
+            host,
+            &[
+                "systemctl",
+                "list-units",
+                "--no-legend",
+                "--state=active",
+                "spread@*",
+            ],
+        );
+        assert_eq!(
+            listed.lines().count(),
+            4,
+            "systemd on {host} runs:\n{listed}"
+        );
+    }
+    s.ok(&["destroy", "spread@*"]);
+}
+
+#[test]
+fn metadata_machine_id_and_machine_of_choose_the_host() {
+    let s = scenario();
+    s.cleanup(&[
+        "pin.service",
+        "west.service",
+        "eastssd.service",
+        "db.service",
+        "dbsidecar.service",
+    ]);
+    let host2 = s.machine_id("flotilla-host2");
+    let pin = format!("{SLEEPER}\n[X-Fleet]\nMachineID={host2}\n");
+    let west = format!("{SLEEPER}\n[X-Fleet]\nMachineMetadata=region=west\n");
+    let eastssd =
+        format!("{SLEEPER}\n[X-Fleet]\nMachineMetadata=region=east\nMachineMetadata=disk=ssd\n");
+    let db = format!("{SLEEPER}\n[X-Fleet]\nMachineMetadata=disk=hdd region=east\n");
+    let sidecar = format!("{SLEEPER}\n[X-Fleet]\nMachineOf=db.service\n");
+    let files = s.unit_files(&[
+        ("pin.service", &pin),
+        ("west.service", &west),
+        ("eastssd.service", &eastssd),
+        ("db.service", &db),
+        ("dbsidecar.service", &sidecar),
+    ]);
+    s.ok(&with("start", &files));
+
+    assert_eq!(s.active_on("pin.service"), ["flotilla-host2"]);
+    assert_eq!(s.active_on("west.service"), ["flotilla-host2"]);
+    assert_eq!(s.active_on("eastssd.service"), ["flotilla-host1"]);
+    assert_eq!(s.active_on("db.service"), ["flotilla-host3"]);
+    assert_eq!(s.active_on("dbsidecar.service"), ["flotilla-host3"]);
+    s.ok(&[
+        "destroy",
+        "pin.service",
+        "west.service",
+        "eastssd.service",
+        "db.service",
+        "dbsidecar.service",
+    ]);
+}
+
+#[test]
+fn conflicts_keep_instances_apart_and_an_unplaceable_start_says_why() {
+    let s = scenario();
+    s.cleanup(&["excl@*", "nowhere.service"]);
+    let excl = format!("{SLEEPER}\n[X-Fleet]\nConflicts=excl@*.service\n");
+    let nowhere = format!("{SLEEPER}\n[X-Fleet]\nMachineMetadata=region=mars\n");
+    let files = s.unit_files(&[("excl@.service", &excl), ("nowhere.service", &nowhere)]);
+    s.ok(&["submit", &files[0]]);
+    s.ok(&with("start", &names("excl@.service", 1..=3)));
+    let mut hosts: Vec<&str> = (1..=3)
+        .flat_map(|i| s.active_on(&format!("excl@{i}.service")))
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, HOSTS);
+
+    let fourth = s.flotctl(&["start", "excl@4.service", "--timeout", "20s"]);
+    assert_ne!(fourth.code, 0);
+    assert!(
+        fourth.stderr.contains("cannot be placed"),
+        "{}",
+        fourth.stderr
+    );
+    assert!(fourth.stderr.contains("conflict"), "{}", fourth.stderr);
+
+    let mars = s.flotctl(&["start", &files[1], "--timeout", "20s"]);
+    assert_ne!(mars.code, 0);
+    assert!(mars.stderr.contains("region=mars"), "{}", mars.stderr);
+    let listing = s.ok(&["list-unit-files"]);
+    let row = listing
+        .lines()
+        .find(|l| l.starts_with("nowhere.service"))
+        .unwrap();
+    assert!(
+        row.contains("region=mars"),
+        "list-unit-files shows no reason: {row}"
+    );
+    s.ok(&["destroy", "excl@*", "nowhere.service"]);
+}
+
+#[test]
+fn global_units_run_on_every_matching_host() {
+    let s = scenario();
+    s.cleanup(&["everywhere.service", "easterly.service"]);
+    let everywhere = format!("{SLEEPER}\n[X-Fleet]\nGlobal=true\n");
+    let easterly = format!("{SLEEPER}\n[X-Fleet]\nGlobal=true\nMachineMetadata=region=east\n");
+    let files = s.unit_files(&[
+        ("everywhere.service", &everywhere),
+        ("easterly.service", &easterly),
+    ]);
+    s.ok(&with("start", &files));
+    let mut on = s.active_on("everywhere.service");
+    on.sort();
+    assert_eq!(on, HOSTS);
+    let mut east = s.active_on("easterly.service");
+    east.sort();
+    assert_eq!(east, ["flotilla-host1", "flotilla-host3"]);
+    s.ok(&["destroy", "everywhere.service", "easterly.service"]);
+    for host in HOSTS {
+        assert!(s.traces_on(host, "everywhere.service").is_empty());
+    }
+}
+
+#[test]
+fn replaces_takes_the_host_and_moves_the_other_unit_away() {
+    let s = scenario();
+    s.cleanup(&["old.service", "new.service"]);
+    let host1 = s.machine_id("flotilla-host1");
+    let old = SLEEPER.to_string();
+    let new = format!("{SLEEPER}\n[X-Fleet]\nReplaces=old.service\n");
+    let files = s.unit_files(&[("old.service", &old), ("new.service", &new)]);
+    s.ok(&["start", &files[0]]);
+    let old_host = s.active_on("old.service")[0];
+    s.ok(&["start", &files[1]]);
+    assert_eq!(s.active_on("new.service"), [old_host]);
+    let moved = s.wait_for(
+        "old.service active elsewhere",
+        Duration::from_secs(20),
+        || {
+            let on = s.active_on("old.service");
+            (on.len() == 1 && on[0] != old_host).then_some(on[0])
+        },
+    );
+    assert_ne!(moved, old_host);
+    let _ = host1;
+    s.ok(&["destroy", "old.service", "new.service"]);
+}
+
+#[test]
+fn template_instances_resolve_specifiers() {
+    let s = scenario();
+    s.cleanup(&["geo@*"]);
+    let geo = "[Unit]\nDescription=geo %i\n\n[Service]\nExecStart=/bin/sh -c 'echo %n %p %i > /run/geo-%i; exec sleep infinity'\n\n[X-Fleet]\nMachineMetadata=region=%i\n";
+    let files = s.unit_files(&[("geo@.service", geo)]);
+    // The instance is made from the template beside the named file.
+    let instance = files[0].replace("geo@.service", "geo@west.service");
+    s.ok(&["start", &instance]);
+    assert_eq!(s.active_on("geo@west.service"), ["flotilla-host2"]);
+    let written = s.host("flotilla-host2", &["cat", "/run/geo-west"]);
+    assert_eq!(written, "geo@west.service geo west");
+    // And from the template already in the cluster.
+    s.ok(&["start", "geo@east.service"]);
+    let on = s.active_on("geo@east.service");
+    assert!(
+        on == ["flotilla-host1"] || on == ["flotilla-host3"],
+        "{on:?}"
+    );
+    s.ok(&["destroy", "geo@*"]);
+}
+
+#[test]
+fn stop_unload_and_destroy_leave_no_trace() {
+    let s = scenario();
+    s.cleanup(&["trace.service"]);
+    let unit = "[Service]\nExecStart=/bin/sleep infinity\nExecStop=/bin/sh -c 'sleep 2; touch /run/trace-stopped'\n";
+    let files = s.unit_files(&[("trace.service", unit)]);
+    s.ok(&["start", &files[0]]);
+    let host = s.active_on("trace.service")[0];
+
+    s.ok(&["stop", "trace.service"]);
+    assert_eq!(s.systemd_state(host, "trace.service").0, "inactive");
+    // stop waited for ExecStop to finish.
+    assert!(
+        s.host_output(host, &["test", "-e", "/run/trace-stopped"])
+            .status
+            .success()
+    );
+    // Stopping a stopped unit is not an error.
+    s.ok(&["stop", "trace.service"]);
+
+    s.ok(&["unload", "trace.service"]);
+    for h in HOSTS {
+        assert_eq!(s.traces_on(h, "trace.service"), Vec::<String>::new());
+    }
+    let keys: Vec<String> = s
+        .etcd_dump()
+        .into_keys()
+        .filter(|k| k.contains("trace.service"))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "/flotilla/desired/trace.service",
+            "/flotilla/units/trace.service"
+        ]
+    );
+
+    s.ok(&["start", "trace.service"]);
+    let host = s.active_on("trace.service")[0];
+    s.host(host, &["rm", "-f", "/run/trace-stopped"]);
+    s.ok(&["destroy", "trace.service"]);
+    assert!(
+        s.host_output(host, &["test", "-e", "/run/trace-stopped"])
+            .status
+            .success()
+    );
+    for h in HOSTS {
+        assert_eq!(s.traces_on(h, "trace.service"), Vec::<String>::new());
+    }
+    let keys: Vec<String> = s
+        .etcd_dump()
+        .into_keys()
+        .filter(|k| k.contains("trace.service"))
+        .collect();
+    assert_eq!(keys, Vec::<String>::new());
+
+    let missing = s.flotctl(&["destroy", "trace.service"]);
+    assert_ne!(missing.code, 0);
+    assert!(
+        missing.stderr.contains("does not exist"),
+        "{}",
+        missing.stderr
+    );
+}
+
+/// Starts one unit per host and returns the host of the first.
+fn one_per_host(s: &common::Scenario, template: &str) -> (Vec<String>, &'static str) {
+    s.cleanup(&[&template.replace("@.service", "@*")]);
+    let files = s.unit_files(&[(template, SLEEPER)]);
+    s.ok(&["submit", &files[0]]);
+    let units = names(template, 1..=3);
+    s.ok(&with("start", &units));
+    let host = s.active_on(&units[0])[0];
+    (units, host)
+}
+
+/// Waits until every unit is active on a host other than `gone`; returns the time taken.
+fn wait_moved(s: &common::Scenario, units: &[String], gone: &str, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    s.wait_for("units active on survivors", timeout, || {
+        units
+            .iter()
+            .all(|u| {
+                let on = s.active_on(u);
+                on.len() == 1 && on[0] != gone
+            })
+            .then_some(())
+    });
+    start.elapsed()
+}
+
+#[test]
+fn a_killed_host_loses_its_units_to_the_survivors_and_rejoins() {
+    let s = scenario();
+    let (units, victim) = one_per_host(&s, "hard@.service");
+    let on_victim: Vec<String> = units
+        .iter()
+        .filter(|u| s.active_on(u) == [victim])
+        .cloned()
+        .collect();
+
+    s.docker(&["kill", victim]);
+    let took = wait_moved(&s, &on_victim, victim, TTL * 2 + Duration::from_secs(5));
+    eprintln!("hard failover took {took:?}");
+
+    s.docker(&["start", victim]);
+    s.ensure_host_up(victim);
+    s.wait_for(
+        "the host back in list-machines",
+        Duration::from_secs(60),
+        || s.machines().contains(&s.machine_id(victim)).then_some(()),
+    );
+    // New work goes to the rejoined host, the least loaded one.
+    let more = names("hard@.service", 4..=4);
+    s.ok(&with("start", &more));
+    assert_eq!(s.active_on(&more[0]), [victim]);
+    s.ok(&["destroy", "hard@*"]);
+}
+
+#[test]
+fn stopping_flotd_hands_units_over_within_three_seconds() {
+    let s = scenario();
+    let (units, victim) = one_per_host(&s, "soft@.service");
+    let unit = &units[0];
+    let pid_before = s.systemd_state(victim, unit).1;
+    assert_ne!(pid_before, 0);
+
+    let start = Instant::now();
+    s.host(victim, &["systemctl", "stop", "--no-block", "flotd"]);
+    s.wait_for("unit active on a survivor", Duration::from_secs(3), || {
+        let on = s.active_on(unit);
+        (on.len() == 1 && on[0] != victim).then_some(())
+    });
+    eprintln!("graceful failover took {:?}", start.elapsed());
+    assert_eq!(s.systemd_state(victim, unit).0, "inactive");
+    s.host(victim, &["systemctl", "start", "flotd"]);
+    s.ok(&["destroy", "soft@*"]);
+}
+
+#[test]
+fn killing_the_engine_host_loses_no_placement() {
+    let s = scenario();
+    let (units, _) = one_per_host(&s, "eng@.service");
+    let engine: serde_json::Value =
+        serde_json::from_str(&s.etcd_dump()["/flotilla/engine"]).unwrap();
+    let victim = s.host_by_id(engine["machine"].as_str().unwrap());
+
+    s.docker(&["kill", victim]);
+    let fresh = names("eng@.service", 4..=6);
+    s.ok(&with("start", &fresh)
+        .into_iter()
+        .chain(["--no-block"])
+        .collect::<Vec<_>>());
+    let all: Vec<String> = units.iter().chain(&fresh).cloned().collect();
+    wait_moved(&s, &all, victim, TTL * 2 + Duration::from_secs(10));
+    let engine: serde_json::Value =
+        serde_json::from_str(&s.etcd_dump()["/flotilla/engine"]).unwrap();
+    assert_ne!(s.host_by_id(engine["machine"].as_str().unwrap()), victim);
+
+    s.docker(&["start", victim]);
+    s.ensure_host_up(victim);
+    s.ok(&["destroy", "eng@*"]);
+}
+
+#[test]
+fn a_flotd_killed_and_restarted_within_the_ttl_keeps_units_running() {
+    let s = scenario();
+    let (units, host) = one_per_host(&s, "keep@.service");
+    let before: Vec<(String, u32)> = units
+        .iter()
+        .map(|u| {
+            let on = s.active_on(u)[0];
+            (on.to_string(), s.systemd_state(on, u).1)
+        })
+        .collect();
+
+    let flotd_pid = s.host(
+        host,
+        &["systemctl", "show", "-p", "MainPID", "--value", "flotd"],
+    );
+    s.host(host, &["kill", "-9", &flotd_pid]);
+    s.wait_for(
+        "flotd restarted by systemd",
+        Duration::from_secs(10),
+        || {
+            let pid = s.host(
+                host,
+                &["systemctl", "show", "-p", "MainPID", "--value", "flotd"],
+            );
+            (pid != flotd_pid && pid != "0").then_some(())
+        },
+    );
+    // Give the restarted agent time to converge; it must find nothing to change.
+    std::thread::sleep(TTL + Duration::from_secs(2));
+
+    for (unit, (on, pid)) in units.iter().zip(&before) {
+        assert_eq!(s.active_on(unit), [on.as_str()], "{unit} moved");
+        assert_eq!(
+            s.systemd_state(on, unit),
+            ("active".to_string(), *pid),
+            "{unit} restarted"
+        );
+    }
+    s.ok(&["destroy", "keep@*"]);
+}
+
+#[test]
+fn a_malformed_unit_is_refused_and_etcd_is_unchanged() {
+    let s = scenario();
+    s.cleanup(&["good.service"]);
+    let before = s.etcd_dump();
+    let big = format!("[Service]\nExecStart=/bin/true\n#{}\n", "x".repeat(1 << 20));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "garbage.service",
+            b"[Service]\nExecStart=/bin/true\nnonsense\n".to_vec(),
+            "line 3",
+        ),
+        (
+            "nosection.service",
+            b"ExecStart=/bin/true\n".to_vec(),
+            "line 1",
+        ),
+        ("empty.service", Vec::new(), "empty"),
+        ("binary.service", b"[Service]\n\x00\x01\x02".to_vec(), "NUL"),
+        (
+            "latin1.service",
+            b"[Unit]\nDescription=caf\xe9\n".to_vec(),
+            "UTF-8",
+        ),
+        ("big.service", big.into_bytes(), "1 MiB"),
+        (
+            "fleet.service",
+            b"[Service]\nExecStart=/bin/true\n[X-Fleet]\nMachineOff=x.service\n".to_vec(),
+            "MachineOff",
+        ),
+        (
+            "self.service",
+            b"[Service]\nExecStart=/bin/true\n[X-Fleet]\nMachineOf=self.service\n".to_vec(),
+            "itself",
+        ),
+        (
+            "bad name.service",
+            b"[Service]\nExecStart=/bin/true\n".to_vec(),
+            "' '",
+        ),
+        (
+            "noext",
+            b"[Service]\nExecStart=/bin/true\n".to_vec(),
+            "suffix",
+        ),
+    ];
+    let dir = common::root().join("target/test-units/malformed");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes, expected) in &cases {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let path = path.display().to_string();
+        // A good file in the same command must not be stored either.
+        let good = s.unit_files(&[("good.service", SLEEPER)]);
+        let run = s.flotctl(&["submit", &good[0], &path]);
+        assert_ne!(run.code, 0, "{name} was accepted");
+        assert!(
+            run.stderr.to_lowercase().contains(&expected.to_lowercase()),
+            "{name}: error does not mention {expected:?}: {}",
+            run.stderr
+        );
+        assert_eq!(
+            run.stderr.trim().lines().count(),
+            1,
+            "{name}: not one line: {}",
+            run.stderr
+        );
+        let verify = s.flotctl(&["verify", &path]);
+        assert_ne!(verify.code, 0, "verify accepted {name}");
+    }
+    assert_eq!(s.etcd_dump(), before);
+}
