@@ -260,22 +260,23 @@ impl Work {
     }
 }
 
+/// One guarded operation: applied only if all its compares hold.
+type GuardedOp = (Vec<Compare>, TxnOp);
+
 /// Writes one round of placement; returns the highest revision written.
+///
+/// Releases go first, in their own transactions, so a unit moved by `Replaces` never has its
+/// claim key deleted and written in one transaction (etcd refuses duplicate keys in a txn).
 async fn apply(store: &Store, config: &EngineConfig, work: &Work) -> anyhow::Result<i64> {
     let keys = &store.keys;
-    let mut ops = Vec::new();
+    let mut releases: Vec<GuardedOp> = Vec::new();
+    let mut writes: Vec<GuardedOp> = Vec::new();
 
     for (name, global_on, revision) in &work.stale {
         // Delete only the claim we saw: a newer one was written for a reason we have not seen.
         let key = keys.claim(name, global_on.as_deref());
-        ops.push((
-            vec![Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                *revision,
-            )],
-            TxnOp::delete(key, None),
-        ));
+        let guard = Compare::mod_revision(key.as_str(), CompareOp::Equal, *revision);
+        releases.push((vec![guard], TxnOp::delete(key, None)));
     }
     for (name, machine) in &work.plan.release {
         let global_on = work.global.contains(name).then_some(machine.as_str());
@@ -285,14 +286,8 @@ async fn apply(store: &Store, config: &EngineConfig, work: &Work) -> anyhow::Res
             version: RECORD_VERSION,
             machine: machine.clone(),
         };
-        ops.push((
-            vec![Compare::value(
-                key.as_str(),
-                CompareOp::Equal,
-                keyspace::encode(&record),
-            )],
-            TxnOp::delete(key, None),
-        ));
+        let guard = Compare::value(key.as_str(), CompareOp::Equal, keyspace::encode(&record));
+        releases.push((vec![guard], TxnOp::delete(key, None)));
     }
     for (name, machine) in &work.plan.claim {
         let Some(&lease) = work.leases.get(machine) else {
@@ -306,7 +301,7 @@ async fn apply(store: &Store, config: &EngineConfig, work: &Work) -> anyhow::Res
         };
         // Two guards: nobody claimed the unit since we looked, and the host is still alive under
         // the lease we bind the claim to (a host that died and came back has a new lease).
-        let compares = vec![
+        let guards = vec![
             Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
             Compare::lease(keys.machine(machine), CompareOp::Equal, lease),
         ];
@@ -315,7 +310,7 @@ async fn apply(store: &Store, config: &EngineConfig, work: &Work) -> anyhow::Res
             keyspace::encode(&record),
             Some(PutOptions::new().with_lease(lease)),
         );
-        ops.push((compares, put));
+        writes.push((guards, put));
         debug!(unit.name = %name, machine.id = %machine, "placing unit");
     }
     for (name, reason) in &work.plan.unplaceable {
@@ -324,41 +319,45 @@ async fn apply(store: &Store, config: &EngineConfig, work: &Work) -> anyhow::Res
                 version: RECORD_VERSION,
                 reason: reason.clone(),
             };
-            let put = TxnOp::put(
-                keys.problem(name),
-                keyspace::encode(&record),
-                Some(PutOptions::new().with_lease(config.lease)),
-            );
-            ops.push((Vec::new(), put));
+            let options = PutOptions::new().with_lease(config.lease);
+            let put = TxnOp::put(keys.problem(name), keyspace::encode(&record), Some(options));
+            writes.push((Vec::new(), put));
         }
     }
     for name in work.problems.keys() {
         if !work.plan.unplaceable.contains_key(name) {
-            ops.push((Vec::new(), TxnOp::delete(keys.problem(name), None)));
+            writes.push((Vec::new(), TxnOp::delete(keys.problem(name), None)));
         }
     }
-    // Only the engine may write; if the key moved on, this whole round is void.
-    let engine_guard = Compare::lease(keys.engine(), CompareOp::Equal, config.lease);
 
+    let mut revision = commit(store, config, &releases).await?;
+    revision = revision.max(commit(store, config, &writes).await?);
+    Ok(revision)
+}
+
+/// Commits guarded operations in batches; a batch whose guard fails is retried one operation at
+/// a time, so one stale operation does not hold back the rest.
+async fn commit(store: &Store, config: &EngineConfig, ops: &[GuardedOp]) -> anyhow::Result<i64> {
+    // Only the engine may write; if the key moved on, the whole round is void.
+    let engine_guard = Compare::lease(store.keys.engine(), CompareOp::Equal, config.lease);
+    let txn = |guarded: &[GuardedOp]| {
+        let mut compares = vec![engine_guard.clone()];
+        compares.extend(guarded.iter().flat_map(|(c, _)| c.iter().cloned()));
+        let ops: Vec<TxnOp> = guarded.iter().map(|(_, op)| op.clone()).collect();
+        Txn::new().when(compares).and_then(ops)
+    };
     let mut revision = 0;
     for chunk in ops.chunks(OPS_PER_TXN) {
-        let mut compares = vec![engine_guard.clone()];
-        compares.extend(chunk.iter().flat_map(|(c, _)| c.iter().cloned()));
-        let puts: Vec<TxnOp> = chunk.iter().map(|(_, op)| op.clone()).collect();
-        let response = store
-            .client()
-            .txn(Txn::new().when(compares).and_then(puts))
-            .await?;
-        if response.succeeded() {
-            revision = revision.max(response.header().map_or(0, |h| h.revision()));
-            continue;
+        match store.client().txn(txn(chunk)).await {
+            Ok(response) if response.succeeded() => {
+                revision = revision.max(response.header().map_or(0, |h| h.revision()));
+                continue;
+            }
+            Ok(_) => {}
+            Err(error) => debug!(error = %error, "placement batch refused; retrying one by one"),
         }
-        // Some guard failed; apply the operations one by one so the good ones still land.
-        for (compares, op) in chunk {
-            let mut all = vec![engine_guard.clone()];
-            all.extend(compares.iter().cloned());
-            let txn = Txn::new().when(all).and_then([op.clone()]);
-            let response = store.client().txn(txn).await?;
+        for one in chunk.chunks(1) {
+            let response = store.client().txn(txn(one)).await?;
             if response.succeeded() {
                 revision = revision.max(response.header().map_or(0, |h| h.revision()));
             }

@@ -14,8 +14,10 @@ async fn prepare(store: &Store, args: &[String], replace: bool) -> anyhow::Resul
     let (paths, names): (Vec<String>, Vec<String>) =
         args.iter().cloned().partition(|arg| is_path(arg));
     let mut to_submit = Vec::new();
+    let mut templates = Vec::new();
     for path in &paths {
         let file = read_unit_file(path)?;
+        templates.extend(file.template);
         to_submit.push((file.name, file.text));
     }
     let view = View::read(store).await?;
@@ -26,7 +28,8 @@ async fn prepare(store: &Store, args: &[String], replace: bool) -> anyhow::Resul
     };
     to_submit.extend(instances);
     if !to_submit.is_empty() {
-        store.submit(&to_submit, None, replace).await?;
+        let all: Vec<_> = templates.iter().chain(&to_submit).cloned().collect();
+        store.submit(&all, None, replace).await?;
     }
     resolved.extend(to_submit.into_iter().map(|(name, _)| name));
     resolved.sort();
@@ -50,6 +53,7 @@ pub async fn submit(store: &Store, args: &SubmitArgs) -> anyhow::Result<()> {
     let mut units = Vec::new();
     for path in &args.files {
         let file = read_unit_file(path)?;
+        units.extend(file.template);
         units.push((file.name, file.text));
     }
     store.submit(&units, None, args.replace).await

@@ -188,6 +188,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 pub(crate) struct LocalFile {
     pub name: UnitName,
     pub text: String,
+    /// The template an instance was made from, when it had no file of its own.
+    pub template: Option<(UnitName, String)>,
 }
 
 /// The largest unit file accepted, as the parser enforces it.
@@ -207,9 +209,10 @@ pub(crate) fn read_unit_file(arg: &str) -> anyhow::Result<LocalFile> {
         .and_then(|n| n.to_str())
         .ok_or_else(|| anyhow!("{arg}: not a unit file path"))?;
     let name = UnitName::parse(file_name).with_context(|| format!("{arg}: bad unit name"))?;
-    let source = match (path.exists(), name.template()) {
-        (false, Some(template)) => path.with_file_name(template.as_str()),
-        _ => path.to_path_buf(),
+    let template = name.template().filter(|_| !path.exists());
+    let source = match &template {
+        Some(template) => path.with_file_name(template.as_str()),
+        None => path.to_path_buf(),
     };
     let metadata =
         std::fs::metadata(&source).with_context(|| format!("{}: cannot read", source.display()))?;
@@ -221,9 +224,13 @@ pub(crate) fn read_unit_file(arg: &str) -> anyhow::Result<LocalFile> {
     let file =
         unit::UnitFile::parse(&name, &bytes).with_context(|| format!("{}", source.display()))?;
     unit::FleetOptions::from_unit(&name, &file).with_context(|| format!("{}", source.display()))?;
+    let text = file.text().to_string();
+    // As fleetctl does, the template goes into the cluster with its first instance.
+    let template = template.map(|t| (t, text.clone()));
     Ok(LocalFile {
         name,
-        text: file.text().to_string(),
+        text,
+        template,
     })
 }
 

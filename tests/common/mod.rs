@@ -68,6 +68,11 @@ pub fn scenario() -> Scenario {
     scenario.wait_for("three machines registered", Duration::from_secs(60), || {
         (scenario.machines().len() == 3).then_some(())
     });
+    // A test that failed may have left units behind; each test starts from an empty cluster.
+    let leftover = scenario.flotctl(&["list-unit-files", "--no-legend", "--fields", "unit"]);
+    if !leftover.stdout.trim().is_empty() {
+        scenario.flotctl(&["destroy", "*"]);
+    }
     scenario
 }
 
