@@ -25,18 +25,15 @@ pub struct Lease {
 
 /// Reuses the lease recorded in `file` if etcd still holds it, or grants a new one.
 pub async fn acquire(store: &Store, ttl: Duration, file: &Path) -> anyhow::Result<Lease> {
-    if let Some(id) = std::fs::read_to_string(file)
-        .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok())
+    if let Some(id) = std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse::<i64>().ok())
     {
         match store.client().lease_time_to_live(id, None).await {
             Ok(response) if response.ttl() > 0 => {
-                info!(
-                    lease.id = id,
-                    remaining = response.ttl(),
-                    "reusing the lease of this host"
-                );
-                return Ok(Lease { id, ttl });
+                info!(lease.id = id, remaining = response.ttl(), "reusing the lease of this host");
+                let lease = Lease { id, ttl };
+                // Renew at once: what is left of the TTL may be less than a renewal interval.
+                refresh(store, &lease).await;
+                return Ok(lease);
             }
             Ok(_) => debug!(lease.id = id, "recorded lease has expired"),
             Err(error) => debug!(lease.id = id, error = %error, "recorded lease is unknown"),
@@ -47,10 +44,7 @@ pub async fn acquire(store: &Store, ttl: Duration, file: &Path) -> anyhow::Resul
         .lease_grant(ttl.as_secs() as i64, None)
         .await
         .context("failed to grant a lease")?;
-    let lease = Lease {
-        id: response.id(),
-        ttl,
-    };
+    let lease = Lease { id: response.id(), ttl };
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("failed to create {}", dir.display()))?;
@@ -60,48 +54,89 @@ pub async fn acquire(store: &Store, ttl: Duration, file: &Path) -> anyhow::Resul
     Ok(lease)
 }
 
+/// How long before the lease may expire in etcd the agent gives it up: by then its units are
+/// being stopped, before the engine can place them elsewhere.
+pub fn safety_margin(ttl: Duration) -> Duration {
+    (ttl / 5).max(Duration::from_secs(1))
+}
+
 /// Renews the lease every third of its TTL until `shutdown`; sends on `lost` once etcd says the
-/// lease is gone or no renewal has succeeded for a whole TTL.
+/// lease is gone, or once no renewal has been answered for the TTL minus the safety margin.
+///
+/// The deadline runs on the monotonic clock from the last answered renewal, which is no later
+/// than the moment etcd last extended the lease; so when it passes, the lease may be about to
+/// expire in etcd and the caller must act as if it had.
 pub async fn keep_alive(
     store: Store,
     lease: Lease,
     lost: mpsc::Sender<()>,
     shutdown: CancellationToken,
 ) {
-    let interval = lease.ttl / 3;
-    let mut last_renewed = Instant::now();
-    loop {
-        let renew = async {
-            let mut client = store.client();
-            let (mut keeper, mut stream) = client.lease_keep_alive(lease.id).await?;
-            loop {
-                keeper.keep_alive().await?;
-                match stream.message().await? {
-                    Some(response) if response.ttl() > 0 => {
-                        last_renewed = Instant::now();
-                    }
-                    Some(_) => return Ok::<bool, etcd_client::Error>(true),
-                    None => return Ok(false),
-                }
-                tokio::time::sleep(interval).await;
-            }
-        };
-        let expired = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            result = renew => match result {
-                Ok(expired) => expired,
-                Err(error) => {
-                    warn!(lease.id = lease.id, error = %error, "lease renewal failed");
-                    false
-                }
-            },
-        };
-        if expired || last_renewed.elapsed() >= lease.ttl {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        () = renew_until_lost(&store, &lease) => {
             warn!(lease.id = lease.id, "lease lost");
             let _ = lost.send(()).await;
+        }
+    }
+}
+
+async fn renew_until_lost(store: &Store, lease: &Lease) {
+    let interval = lease.ttl / 3;
+    let give_up_after = lease.ttl - safety_margin(lease.ttl);
+    let mut last_renewed = Instant::now();
+    loop {
+        let deadline = last_renewed + give_up_after;
+        let mut client = store.client();
+        let (mut keeper, mut stream) =
+            match tokio::time::timeout_at(deadline, client.lease_keep_alive(lease.id)).await {
+                Err(_) => return,
+                Ok(Ok(pair)) => pair,
+                Ok(Err(error)) => {
+                    warn!(lease.id = lease.id, error = %error, "lease renewal failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    store.reconnect().await;
+                    continue;
+                }
+            };
+        loop {
+            if let Err(error) = keeper.keep_alive().await {
+                warn!(lease.id = lease.id, error = %error, "lease renewal failed");
+                break;
+            }
+            let deadline = last_renewed + give_up_after;
+            match tokio::time::timeout_at(deadline, stream.message()).await {
+                Err(_) => return,
+                Ok(Ok(Some(response))) if response.ttl() > 0 => last_renewed = Instant::now(),
+                // etcd answers a renewal of an expired lease with a TTL of zero.
+                Ok(Ok(Some(_))) => return,
+                Ok(Ok(None)) => break,
+                Ok(Err(error)) => {
+                    debug!(lease.id = lease.id, error = %error, "lease renewal stream broke");
+                    break;
+                }
+            }
+            tokio::time::sleep(interval).await;
+        }
+        if Instant::now() >= last_renewed + give_up_after {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+        store.reconnect().await;
+    }
+}
+
+/// Renews the lease once, for a successor that picks it up after this process exits.
+pub async fn refresh(store: &Store, lease: &Lease) {
+    let renew = async {
+        let (mut keeper, mut stream) = store.client().lease_keep_alive(lease.id).await?;
+        keeper.keep_alive().await?;
+        stream.message().await.map(|_| ())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), renew).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => warn!(lease.id = lease.id, error = %error, "lease renewal failed"),
+        Err(_) => warn!(lease.id = lease.id, "lease renewal timed out"),
     }
 }
 

@@ -72,10 +72,7 @@ impl Mirror {
 
     /// The desired state of a unit; units without a record are inactive.
     pub fn desired_state(&self, unit: &UnitName) -> DesiredState {
-        self.desired
-            .get(unit)
-            .copied()
-            .unwrap_or(DesiredState::Inactive)
+        self.desired.get(unit).copied().unwrap_or(DesiredState::Inactive)
     }
 
     /// Every machine that holds a claim on `unit`, global or not.
@@ -93,10 +90,7 @@ impl Mirror {
     /// Replaces the whole copy with a fresh listing.
     pub fn reset(&mut self, store: &Store, revision: i64, kvs: &[KeyValue]) {
         let bad_keys = std::mem::take(&mut self.bad_keys);
-        *self = Mirror {
-            bad_keys,
-            ..Mirror::default()
-        };
+        *self = Mirror { bad_keys, ..Mirror::default() };
         for kv in kvs {
             self.put(store, kv);
         }
@@ -137,20 +131,11 @@ impl Mirror {
                         "machine record names another machine",
                     )));
                 }
-                self.machines.insert(
-                    id.clone(),
-                    MachineEntry {
-                        record,
-                        lease: kv.lease(),
-                    },
-                );
+                self.machines.insert(id.clone(), MachineEntry { record, lease: kv.lease() });
             }
             Key::Claim(name, global_on) => {
                 let record: ClaimRecord = keyspace::decode(value)?;
-                let entry = ClaimEntry {
-                    machine: record.machine,
-                    revision: kv.mod_revision(),
-                };
+                let entry = ClaimEntry { machine: record.machine, revision: kv.mod_revision() };
                 match global_on {
                     None => {
                         self.claims.insert(name.clone(), entry);
@@ -229,22 +214,26 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut state = WatchState::Listing;
-    let mut delay = Duration::from_millis(100);
+    let mut failures = 0u32;
     loop {
         state = tokio::select! {
             _ = shutdown.cancelled() => return,
             next = step(&store, &mirror, &changed, state) => next,
         };
-        match &state {
-            WatchState::Backoff(_) => delay = (delay * 2).min(Duration::from_secs(2)),
-            WatchState::Watching(_) => delay = Duration::from_millis(100),
+        // Consecutive failures back off 100 ms, 200 ms … up to 2 s; a working watch resets it.
+        match &mut state {
+            WatchState::Backoff(pause) => {
+                *pause = (Duration::from_millis(100) * 2u32.pow(failures.min(4))).min(MAX_BACKOFF);
+                failures += 1;
+            }
+            WatchState::Watching(_) => failures = 0,
             WatchState::Listing => {}
-        }
-        if let WatchState::Backoff(pause) = &mut state {
-            *pause = delay;
         }
     }
 }
+
+/// The longest pause between attempts to list the keyspace again.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 async fn step(
     store: &Store,
@@ -261,21 +250,13 @@ async fn step(
                     return WatchState::Backoff(Duration::ZERO);
                 }
             };
-            mirror
-                .write()
-                .expect("mirror lock")
-                .reset(store, listing.revision, &listing.kvs);
+            mirror.write().expect("mirror lock").reset(store, listing.revision, &listing.kvs);
             changed.send_replace(listing.revision);
-            debug!(
-                etcd.revision = listing.revision,
-                keys = listing.kvs.len(),
-                "keyspace listed"
-            );
+            debug!(etcd.revision = listing.revision, keys = listing.kvs.len(), "keyspace listed");
 
             // Watch from the revision after the listing, so no change falls in between.
-            let options = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(listing.revision + 1);
+            let options =
+                WatchOptions::new().with_prefix().with_start_revision(listing.revision + 1);
             match store.client().watch(store.keys.root(), Some(options)).await {
                 Ok(stream) => WatchState::Watching(Box::new(stream)),
                 Err(error) => {
@@ -298,10 +279,7 @@ async fn step(
             };
             // A compacted start revision means events were lost: only a new listing is safe.
             if response.canceled() || response.compact_revision() > 0 {
-                debug!(
-                    compact_revision = response.compact_revision(),
-                    "keyspace watch cancelled"
-                );
+                debug!(compact_revision = response.compact_revision(), "keyspace watch cancelled");
                 return WatchState::Listing;
             }
             let events = response.events();
@@ -321,11 +299,7 @@ async fn step(
                         }
                     }
                 }
-                let last = events
-                    .iter()
-                    .filter_map(|e| e.kv())
-                    .map(|kv| kv.mod_revision())
-                    .max();
+                let last = events.iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max();
                 mirror.revision = last.unwrap_or(mirror.revision).max(mirror.revision);
                 mirror.revision
             };
@@ -334,6 +308,8 @@ async fn step(
         }
         WatchState::Backoff(pause) => {
             tokio::time::sleep(pause).await;
+            // The member we talked to may be the one that failed.
+            store.reconnect().await;
             WatchState::Listing
         }
     }

@@ -4,23 +4,85 @@
 //! transaction, so they observe one revision. Writes that must not race (claims, the machine
 //! record, the engine election) are transactions whose compare clause states the invariant.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, PutOptions,
     Txn, TxnOp,
 };
+use futures_util::future::join_all;
+use tracing::debug;
 
 use crate::keyspace::{
     self, DesiredRecord, DesiredState, Key, Keyspace, RECORD_VERSION, Record, UnitRecord,
 };
 use crate::unit::UnitName;
 
+/// etcd refuses transactions with more operations than `--max-txn-ops` (128 by default).
+pub const OPS_PER_TXN: usize = 120;
+
+/// The largest value written: etcd refuses requests over `--max-request-bytes` (1.5 MiB by
+/// default), and a unit file of 1 MiB grows when escaped into JSON.
+pub const MAX_VALUE_BYTES: usize = 1_400_000;
+
+/// Groups guarded writes into transactions that stay within etcd's limits.
+#[derive(Default)]
+struct Batch {
+    done: Vec<Txn>,
+    compares: Vec<Compare>,
+    ops: Vec<TxnOp>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// Adds writes that must land in the same transaction as their compares; `values` is the
+    /// size of the values they write.
+    fn add(&mut self, compares: Vec<Compare>, ops: Vec<TxnOp>, values: usize) {
+        // Keys and record overhead are small; 256 bytes an operation covers them.
+        let bytes = if ops.is_empty() { 0 } else { values + ops.len() * 256 };
+        let full = self.ops.len() + ops.len() > OPS_PER_TXN
+            || self.compares.len() + compares.len() > OPS_PER_TXN;
+        if !self.ops.is_empty() && (full || self.bytes + bytes > MAX_VALUE_BYTES) {
+            self.flush();
+        }
+        self.compares.extend(compares);
+        self.ops.extend(ops);
+        self.bytes += bytes;
+    }
+
+    fn flush(&mut self) {
+        let compares = std::mem::take(&mut self.compares);
+        let ops = std::mem::take(&mut self.ops);
+        self.bytes = 0;
+        self.done.push(Txn::new().when(compares).and_then(ops));
+    }
+
+    /// The transactions, in order.
+    fn finish(mut self) -> Vec<Txn> {
+        if !self.ops.is_empty() {
+            self.flush();
+        }
+        self.done
+    }
+}
+
+/// An etcd error in a few words, without the transport's debug dump.
+pub fn describe(error: &etcd_client::Error) -> String {
+    match error {
+        etcd_client::Error::GRpcStatus(status) if !status.message().is_empty() => {
+            status.message().to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
 /// A client for the cluster's etcd, scoped to one keyspace.
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
+    client: Arc<RwLock<Client>>,
     /// The key layout in use.
     pub keys: Keyspace,
     endpoints: Vec<String>,
@@ -34,41 +96,75 @@ pub struct Listing {
     pub kvs: Vec<KeyValue>,
 }
 
+fn connect_options() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true)
+}
+
+/// Asks one member for its status, so a dead member is left out of the client.
+async fn probe(endpoint: &str) -> Result<(), String> {
+    let ask = async {
+        let mut client = Client::connect([endpoint], Some(connect_options())).await?;
+        client.status().await.map(|_| ())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), ask).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(describe(&error)),
+        Err(_) => Err("no answer within 2s".to_string()),
+    }
+}
+
+/// Connects to the members of `endpoints` that answer.
+///
+/// The client balances requests over its endpoints and does not skip dead ones, so with one
+/// member down every other request would fail; only members that answered a probe are used.
+async fn open(endpoints: &[String]) -> anyhow::Result<Client> {
+    let results = join_all(endpoints.iter().map(|e| probe(e))).await;
+    let mut healthy = Vec::new();
+    let mut last_error = String::new();
+    for (endpoint, result) in endpoints.iter().zip(results) {
+        match result {
+            Ok(()) => healthy.push(endpoint.clone()),
+            Err(error) => last_error = error,
+        }
+    }
+    if healthy.is_empty() {
+        bail!("etcd is unreachable (tried {}): {last_error}", endpoints.join(", "));
+    }
+    Client::connect(&healthy, Some(connect_options())).await.map_err(|e| {
+        anyhow!("failed to connect to etcd at {}: {}", healthy.join(", "), describe(&e))
+    })
+}
+
 impl Store {
-    /// Connects to any of `endpoints`; fails with the list of endpoints tried.
+    /// Connects to the members of `endpoints` that answer; fails with the endpoints tried.
     pub async fn connect(endpoints: &[String], prefix: &str) -> anyhow::Result<Store> {
         if endpoints.is_empty() {
-            return Err(anyhow!("no etcd endpoints given"));
+            bail!("no etcd endpoints given");
         }
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
-        let tried = endpoints.join(", ");
-        let client = Client::connect(endpoints, Some(options))
-            .await
-            .with_context(|| format!("failed to connect to etcd (tried {tried})"))?;
-        let store = Store {
-            client,
+        let client = open(endpoints).await?;
+        Ok(Store {
+            client: Arc::new(RwLock::new(client)),
             keys: Keyspace::new(prefix),
             endpoints: endpoints.to_vec(),
-        };
-        // The channel connects lazily; one cheap read proves that a member answers.
-        store
-            .client()
-            .get(
-                store.keys.engine(),
-                Some(GetOptions::new().with_count_only()),
-            )
-            .await
-            .with_context(|| format!("etcd is unreachable (tried {tried})"))?;
-        Ok(store)
+        })
+    }
+
+    /// Probes the members again and switches to those that answer; on failure keeps the old
+    /// client, so callers simply retry later.
+    pub async fn reconnect(&self) {
+        match open(&self.endpoints).await {
+            Ok(client) => *self.client.write().expect("client lock") = client,
+            Err(error) => debug!(error = %format!("{error:#}"), "etcd reconnect failed"),
+        }
     }
 
     /// A handle on the underlying client, for watches and leases.
     pub fn client(&self) -> Client {
-        self.client.clone()
+        self.client.read().expect("client lock").clone()
     }
 
     /// The endpoints this store was opened with.
@@ -85,10 +181,7 @@ impl Store {
             .with_context(|| format!("failed to read {prefix}"))?;
         let revision = response.header().map_or(0, |h| h.revision());
         let mut response = response;
-        Ok(Listing {
-            revision,
-            kvs: response.take_kvs(),
-        })
+        Ok(Listing { revision, kvs: response.take_kvs() })
     }
 
     /// Reads several prefixes in one transaction, so they all reflect the same revision.
@@ -114,11 +207,8 @@ impl Store {
 
     /// Reads one record; `None` when the key is absent.
     pub async fn get<T: Record>(&self, key: &str) -> anyhow::Result<Option<(T, KeyValue)>> {
-        let response = self
-            .client()
-            .get(key, None)
-            .await
-            .with_context(|| format!("failed to read {key}"))?;
+        let response =
+            self.client().get(key, None).await.with_context(|| format!("failed to read {key}"))?;
         let Some(kv) = response.kvs().first() else {
             return Ok(None);
         };
@@ -127,172 +217,144 @@ impl Store {
         Ok(Some((record, kv.clone())))
     }
 
-    /// Stores unit files and their desired states in one transaction.
+    /// Stores unit files and, if given, their desired state.
     ///
-    /// With `replace` false a unit that already exists with a different file is refused, and
-    /// nothing at all is written: the compare clause checks every file, so a batch is stored
-    /// whole or not at all.
+    /// With `replace` false a unit that already exists with a different file is refused and
+    /// nothing is written. Each transaction's compare clause checks every file it writes, so a
+    /// unit is stored whole or not at all; a batch larger than one transaction (etcd allows 128
+    /// operations and about 1.5 MiB per request) is written in several.
     pub async fn submit(
         &self,
         units: &[(UnitName, String)],
         desired: Option<DesiredState>,
         replace: bool,
     ) -> anyhow::Result<()> {
-        let existing = self.existing_units(units).await?;
-        let mut compares = Vec::new();
-        let mut ops = Vec::new();
+        let mut unique: BTreeMap<&UnitName, &String> = BTreeMap::new();
         for (name, text) in units {
+            if unique.insert(name, text).is_some_and(|earlier| earlier != text) {
+                bail!("unit {name} is given twice with different files");
+            }
+        }
+        let names: Vec<UnitName> = unique.keys().map(|n| (*n).clone()).collect();
+        let existing = self.existing_units(&names).await?;
+
+        let mut batch = Batch::default();
+        for (name, text) in unique {
             let hash = keyspace::hash_text(text);
             let unit_key = self.keys.unit(name);
-            match existing.iter().find(|(n, _, _)| n == name) {
-                Some((_, record, _)) if record.hash == hash => {}
+            let record =
+                UnitRecord { version: RECORD_VERSION, hash: hash.clone(), text: text.clone() };
+            let value = keyspace::encode(&record);
+            if value.len() > MAX_VALUE_BYTES {
+                bail!(
+                    "unit {name} takes {} bytes once encoded for etcd (at most {MAX_VALUE_BYTES})",
+                    value.len()
+                );
+            }
+            let mut compares = Vec::new();
+            let mut ops = Vec::new();
+            let size = value.len();
+            match existing.get(name) {
+                Some((record, _)) if record.hash == hash => {}
                 Some(_) if !replace => {
-                    return Err(anyhow!(
-                        "unit {name} already exists with a different file (use --replace)"
-                    ));
+                    bail!("unit {name} already exists with a different file (use --replace)");
                 }
-                Some((_, _, mod_revision)) => {
+                Some((_, mod_revision)) => {
                     // Replace only the version we compared against.
                     compares.push(Compare::mod_revision(
                         unit_key.as_str(),
                         CompareOp::Equal,
                         *mod_revision,
                     ));
-                    let record = UnitRecord {
-                        version: RECORD_VERSION,
-                        hash,
-                        text: text.clone(),
-                    };
-                    ops.push(TxnOp::put(unit_key, keyspace::encode(&record), None));
+                    ops.push(TxnOp::put(unit_key, value, None));
                 }
                 None => {
                     // Create only if nobody created it since we looked.
-                    compares.push(Compare::create_revision(
-                        unit_key.as_str(),
-                        CompareOp::Equal,
-                        0,
-                    ));
-                    let record = UnitRecord {
-                        version: RECORD_VERSION,
-                        hash,
-                        text: text.clone(),
-                    };
-                    ops.push(TxnOp::put(unit_key, keyspace::encode(&record), None));
+                    compares.push(Compare::create_revision(unit_key.as_str(), CompareOp::Equal, 0));
+                    ops.push(TxnOp::put(unit_key, value, None));
                     if desired.is_none() {
-                        let record = DesiredRecord {
-                            version: RECORD_VERSION,
-                            state: DesiredState::Inactive,
-                        };
-                        ops.push(TxnOp::put(
-                            self.keys.desired(name),
-                            keyspace::encode(&record),
-                            None,
-                        ));
+                        ops.push(self.desired_op(name, DesiredState::Inactive));
                     }
                 }
             }
             if let Some(state) = desired {
-                let record = DesiredRecord {
-                    version: RECORD_VERSION,
-                    state,
-                };
-                ops.push(TxnOp::put(
-                    self.keys.desired(name),
-                    keyspace::encode(&record),
-                    None,
-                ));
+                ops.push(self.desired_op(name, state));
             }
+            batch.add(compares, ops, size);
         }
-        if ops.is_empty() {
-            return Ok(());
-        }
-        let response = self
-            .client()
-            .txn(Txn::new().when(compares).and_then(ops))
-            .await
-            .context("failed to store unit files")?;
-        if !response.succeeded() {
-            return Err(anyhow!("unit files changed while submitting; try again"));
+        for txn in batch.finish() {
+            let response = self.client().txn(txn).await.context("failed to store unit files")?;
+            if !response.succeeded() {
+                bail!("unit files changed while submitting; try again");
+            }
         }
         Ok(())
     }
 
+    fn desired_op(&self, name: &UnitName, state: DesiredState) -> TxnOp {
+        let record = DesiredRecord { version: RECORD_VERSION, state };
+        TxnOp::put(self.keys.desired(name), keyspace::encode(&record), None)
+    }
+
+    /// The stored units among `names`, with the revision each was last written at.
     async fn existing_units(
         &self,
-        units: &[(UnitName, String)],
-    ) -> anyhow::Result<Vec<(UnitName, UnitRecord, i64)>> {
-        let ops: Vec<TxnOp> = units
-            .iter()
-            .map(|(n, _)| TxnOp::get(self.keys.unit(n), None))
-            .collect();
-        let response = self
-            .client()
-            .txn(Txn::new().and_then(ops))
-            .await
-            .context("failed to read units")?;
-        let mut found = Vec::new();
-        for op in response.op_responses() {
-            let etcd_client::TxnOpResponse::Get(get) = op else {
-                continue;
-            };
-            for kv in get.kvs() {
-                let Some(Key::Unit(name)) = self.keys.parse(kv.key()) else {
-                    continue;
-                };
-                let record: UnitRecord = keyspace::decode(kv.value())
-                    .with_context(|| format!("bad record for unit {name}"))?;
-                found.push((name, record, kv.mod_revision()));
+        names: &[UnitName],
+    ) -> anyhow::Result<BTreeMap<UnitName, (UnitRecord, i64)>> {
+        let mut found = BTreeMap::new();
+        for chunk in names.chunks(OPS_PER_TXN) {
+            let ops: Vec<TxnOp> =
+                chunk.iter().map(|n| TxnOp::get(self.keys.unit(n), None)).collect();
+            let response = self
+                .client()
+                .txn(Txn::new().and_then(ops))
+                .await
+                .context("failed to read units")?;
+            for op in response.op_responses() {
+                let etcd_client::TxnOpResponse::Get(get) = op else { continue };
+                for kv in get.kvs() {
+                    let Some(Key::Unit(name)) = self.keys.parse(kv.key()) else { continue };
+                    let record: UnitRecord = keyspace::decode(kv.value())
+                        .with_context(|| format!("bad record for unit {name}"))?;
+                    found.insert(name, (record, kv.mod_revision()));
+                }
             }
         }
         Ok(found)
     }
 
-    /// Sets the desired state of units that exist; fails naming the first that does not.
+    /// Sets the desired state of units that exist; fails if one was destroyed meanwhile.
     pub async fn set_desired(&self, units: &[UnitName], state: DesiredState) -> anyhow::Result<()> {
-        let mut compares = Vec::new();
-        let mut ops = Vec::new();
+        let mut batch = Batch::default();
         for name in units {
             // The unit must still exist when the state is written, or a racing destroy would
             // leave a desired record behind with no file.
-            compares.push(Compare::create_revision(
-                self.keys.unit(name),
-                CompareOp::Greater,
-                0,
-            ));
-            let record = DesiredRecord {
-                version: RECORD_VERSION,
-                state,
-            };
-            ops.push(TxnOp::put(
-                self.keys.desired(name),
-                keyspace::encode(&record),
-                None,
-            ));
+            let guard = Compare::create_revision(self.keys.unit(name), CompareOp::Greater, 0);
+            batch.add(vec![guard], vec![self.desired_op(name, state)], 0);
         }
-        let response = self
-            .client()
-            .txn(Txn::new().when(compares).and_then(ops))
-            .await
-            .context("failed to set desired state")?;
-        if !response.succeeded() {
-            return Err(anyhow!(
-                "a unit was destroyed while its state was being set"
-            ));
+        for txn in batch.finish() {
+            let response =
+                self.client().txn(txn).await.context("failed to set the desired state")?;
+            if !response.succeeded() {
+                bail!("a unit was destroyed while its state was being set");
+            }
         }
         Ok(())
     }
 
     /// Removes units' files and desired states; claims follow when the engine sees them gone.
     pub async fn destroy(&self, units: &[UnitName]) -> anyhow::Result<()> {
-        let mut ops = Vec::new();
+        let mut batch = Batch::default();
         for name in units {
-            ops.push(TxnOp::delete(self.keys.unit(name), None));
-            ops.push(TxnOp::delete(self.keys.desired(name), None));
+            let ops = vec![
+                TxnOp::delete(self.keys.unit(name), None),
+                TxnOp::delete(self.keys.desired(name), None),
+            ];
+            batch.add(Vec::new(), ops, 0);
         }
-        self.client()
-            .txn(Txn::new().and_then(ops))
-            .await
-            .context("failed to destroy units")?;
+        for txn in batch.finish() {
+            self.client().txn(txn).await.context("failed to destroy units")?;
+        }
         Ok(())
     }
 
@@ -313,11 +375,7 @@ impl Store {
         lease: i64,
     ) -> anyhow::Result<()> {
         self.client()
-            .put(
-                key,
-                keyspace::encode(record),
-                Some(PutOptions::new().with_lease(lease)),
-            )
+            .put(key, keyspace::encode(record), Some(PutOptions::new().with_lease(lease)))
             .await
             .with_context(|| format!("failed to write {key}"))?;
         Ok(())
@@ -325,10 +383,7 @@ impl Store {
 
     /// Deletes one key.
     pub async fn delete(&self, key: &str) -> anyhow::Result<()> {
-        self.client()
-            .delete(key, None)
-            .await
-            .with_context(|| format!("failed to delete {key}"))?;
+        self.client().delete(key, None).await.with_context(|| format!("failed to delete {key}"))?;
         Ok(())
     }
 }
