@@ -58,10 +58,7 @@ impl AgentConfig {
     /// Checks the configuration before anything touches etcd or systemd.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.ttl < MIN_TTL {
-            bail!(
-                "lease ttl {} is below the minimum of 3s",
-                humantime::format_duration(self.ttl)
-            );
+            bail!("lease ttl {} is below the minimum of 3s", humantime::format_duration(self.ttl));
         }
         if self.ttl.subsec_nanos() != 0 {
             bail!("lease ttl must be a whole number of seconds");
@@ -84,10 +81,7 @@ pub fn parse_metadata(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
         if key.is_empty() || value.is_empty() {
             bail!("metadata entry {pair:?} has an empty key or value");
         }
-        if metadata
-            .insert(key.to_string(), value.to_string())
-            .is_some()
-        {
+        if metadata.insert(key.to_string(), value.to_string()).is_some() {
             bail!("metadata key {key:?} is given twice");
         }
     }
@@ -112,10 +106,7 @@ enum Event {
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
     let machine_id = read_machine_id(&config)?;
-    let hostname = std::fs::read_to_string("/etc/hostname")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string();
 
     let store = Store::connect(&config.endpoints, &config.prefix).await?;
     let unit_dir = config.runtime_dir.join("units");
@@ -137,20 +128,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let tasks = CancellationToken::new();
     let mirror: SharedMirror = Arc::new(RwLock::new(Mirror::default()));
     let (changed_tx, mut changed_rx) = watch::channel(0);
-    tokio::spawn(mirror::run(
-        store.clone(),
-        mirror.clone(),
-        changed_tx,
-        tasks.clone(),
-    ));
+    tokio::spawn(mirror::run(store.clone(), mirror.clone(), changed_tx, tasks.clone()));
 
     let (lost_tx, mut lost_rx) = mpsc::channel(1);
-    tokio::spawn(lease::keep_alive(
-        store.clone(),
-        lease.clone(),
-        lost_tx,
-        tasks.clone(),
-    ));
+    tokio::spawn(lease::keep_alive(store.clone(), lease.clone(), lost_tx, tasks.clone()));
 
     let (unit_tx, mut unit_rx) = mpsc::channel(1024);
     let follower = systemd.clone();
@@ -167,26 +148,20 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             result = changed_rx.changed() => result.context("keyspace mirror stopped")?,
         }
     }
-    let engine_config = EngineConfig {
-        machine: machine_id.clone(),
-        lease: lease.id,
-    };
+    let engine_config = EngineConfig { machine: machine_id.clone(), lease: lease.id };
+    // The engine has a token of its own: at shutdown it resigns first, while the lease stays
+    // alive until the local units have stopped.
+    let engine_token = tasks.child_token();
     tokio::spawn(engine::run(
         store.clone(),
         mirror.clone(),
         changed_rx.clone(),
         engine_config,
-        tasks.clone(),
+        engine_token.clone(),
     ));
 
-    let mut agent = Agent::new(
-        store.clone(),
-        systemd,
-        machine_id.clone(),
-        lease.id,
-        &config,
-    )
-    .await?;
+    let mut agent =
+        Agent::new(store.clone(), systemd, machine_id.clone(), lease.id, &config).await?;
     let outcome = loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => Event::Shutdown,
@@ -214,23 +189,29 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         agent.converge(&wants).await;
     };
 
-    tasks.cancel();
+    engine_token.cancel();
     match &outcome {
         Ok(()) if config.keep_units_on_exit => {
-            info!(
-                lease.id = lease.id,
-                "leaving units running and the lease alive"
-            );
+            tasks.cancel();
+            lease::refresh(&store, &lease).await;
+            info!(lease.id = lease.id, "leaving units running and the lease alive");
         }
-        _ => {
+        Ok(()) => {
+            engine::resign(&store, lease.id).await;
+            // The lease is renewed while units stop, however long their ExecStop takes: until
+            // it is revoked no other host may start them, so they never run twice.
             info!("stopping local units");
             agent.converge(&BTreeMap::new()).await;
-            if outcome.is_ok() {
-                lease::release(&store, &lease, &lease_file).await;
-            } else {
-                let _ = std::fs::remove_file(&lease_file);
-            }
+            tasks.cancel();
+            lease::release(&store, &lease, &lease_file).await;
             info!("shutdown complete");
+        }
+        Err(_) => {
+            // The lease is gone or about to be: the units may already be placed elsewhere.
+            tasks.cancel();
+            info!("stopping local units");
+            agent.converge(&BTreeMap::new()).await;
+            let _ = std::fs::remove_file(&lease_file);
         }
     }
     outcome
@@ -249,10 +230,7 @@ fn read_machine_id(config: &AgentConfig) -> anyhow::Result<String> {
         .with_context(|| format!("failed to read the machine id from {}", path.display()))?;
     let id = id.trim().to_string();
     if !keyspace::is_machine_id(&id) {
-        bail!(
-            "{} does not hold a machine id (32 lower-case hex digits)",
-            path.display()
-        );
+        bail!("{} does not hold a machine id (32 lower-case hex digits)", path.display());
     }
     Ok(id)
 }
@@ -285,11 +263,7 @@ async fn register(
                         Some(PutOptions::new().with_lease(lease.id)),
                     )]),
             )]);
-        let response = store
-            .client()
-            .txn(txn)
-            .await
-            .context("failed to register the host")?;
+        let response = store.client().txn(txn).await.context("failed to register the host")?;
         let nested_ok = response
             .op_responses()
             .iter()
@@ -338,11 +312,7 @@ fn wants(mirror: &Mirror, machine_id: &str) -> BTreeMap<UnitName, Want> {
         }
         wants.insert(
             name.clone(),
-            Want {
-                hash: record.hash.clone(),
-                text: record.text.clone(),
-                target,
-            },
+            Want { hash: record.hash.clone(), text: record.text.clone(), target },
         );
     }
     wants
@@ -383,9 +353,7 @@ impl Agent {
         let dirty = installed.keys().cloned().collect();
         // Reports from this host's previous life are adopted, so unchanged units cost no write.
         let mut reported = BTreeMap::new();
-        let listing = store
-            .list(&store.keys.dir(&format!("states/{machine_id}")))
-            .await?;
+        let listing = store.list(&store.keys.dir(&format!("states/{machine_id}"))).await?;
         for kv in &listing.kvs {
             let Some(keyspace::Key::State(_, name)) = store.keys.parse(kv.key()) else {
                 continue;
@@ -446,12 +414,7 @@ impl Agent {
             .filter(|(_, actions)| actions.iter().any(|a| matches!(a, Action::Stop)))
             .map(|(name, _)| name.clone())
             .collect::<Vec<_>>();
-        let results = join_all(
-            stops
-                .iter()
-                .map(|n| self.systemd.stop(n, self.stop_timeout)),
-        )
-        .await;
+        let results = join_all(stops.iter().map(|n| self.systemd.stop(n, self.stop_timeout))).await;
         for (name, result) in stops.iter().zip(results) {
             self.dirty.insert(name.clone());
             if let Err(error) = result {
@@ -503,8 +466,7 @@ impl Agent {
         for name in &names {
             self.report(name, wants.get(name)).await;
         }
-        self.local
-            .retain(|name, _| wants.contains_key(name) || self.installed.contains_key(name));
+        self.local.retain(|name, _| wants.contains_key(name) || self.installed.contains_key(name));
     }
 
     fn fail(&mut self, name: &UnitName, error: &anyhow::Error) {
@@ -544,9 +506,8 @@ impl Agent {
         let local = self.local.get(name).cloned().unwrap_or_default();
         let previous = self.reported.get(name);
         let mut transitions = previous.map(|r| r.transitions.clone()).unwrap_or_default();
-        let moved = transitions
-            .last()
-            .is_none_or(|t| t.active != observed.active || t.sub != observed.sub);
+        let moved =
+            transitions.last().is_none_or(|t| t.active != observed.active || t.sub != observed.sub);
         if moved {
             transitions.push(Transition {
                 at_ms: systemd::now_ms(),

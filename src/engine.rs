@@ -72,13 +72,22 @@ pub async fn run(
     }
 }
 
+/// Gives the engine key up if this host holds it, so another host takes over at once.
+pub async fn resign(store: &Store, lease: i64) {
+    let key = store.keys.engine();
+    // Delete only our own key: the compare on the lease keeps a successor's key intact.
+    let txn = Txn::new()
+        .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+        .and_then([TxnOp::delete(key.as_str(), None)]);
+    if let Err(error) = store.client().txn(txn).await {
+        debug!(error = %error, "failed to resign as the placement engine");
+    }
+}
+
 /// Tries to take the engine key; true when this host now holds it.
 async fn campaign(store: &Store, config: &EngineConfig) -> anyhow::Result<bool> {
     let key = store.keys.engine();
-    let record = EngineRecord {
-        version: RECORD_VERSION,
-        machine: config.machine.clone(),
-    };
+    let record = EngineRecord { version: RECORD_VERSION, machine: config.machine.clone() };
     // Create-only: an existing key means another engine is alive, or this host's own earlier
     // life still holds it under the same lease.
     let txn = Txn::new()
@@ -194,10 +203,7 @@ impl Work {
                     if options.global {
                         global.insert(name.clone());
                     }
-                    units.push(Placeable {
-                        name: name.clone(),
-                        options,
-                    });
+                    units.push(Placeable { name: name.clone(), options });
                 }
                 None => {
                     unparsable.insert(name.clone(), "unit file does not parse".to_string());
@@ -212,10 +218,7 @@ impl Work {
             if !placeable.contains(name) || global.contains(name) {
                 stale.push((name.clone(), None, claim.revision));
             } else {
-                claims
-                    .entry(name.clone())
-                    .or_default()
-                    .insert(claim.machine.clone());
+                claims.entry(name.clone()).or_default().insert(claim.machine.clone());
             }
         }
         for (name, copies) in &mirror.global_claims {
@@ -223,10 +226,7 @@ impl Work {
                 if !global.contains(name) {
                     stale.push((name.clone(), Some(machine.clone()), claim.revision));
                 } else {
-                    claims
-                        .entry(name.clone())
-                        .or_default()
-                        .insert(machine.clone());
+                    claims.entry(name.clone()).or_default().insert(machine.clone());
                 }
             }
         }
@@ -234,29 +234,12 @@ impl Work {
         let machines = mirror
             .machines
             .values()
-            .map(|m| Machine {
-                id: m.record.id.clone(),
-                metadata: m.record.metadata.clone(),
-            })
+            .map(|m| Machine { id: m.record.id.clone(), metadata: m.record.metadata.clone() })
             .collect();
-        let mut plan = placement::plan(&Snapshot {
-            machines,
-            units,
-            claims,
-        });
+        let mut plan = placement::plan(&Snapshot { machines, units, claims });
         plan.unplaceable.extend(unparsable);
-        let leases = mirror
-            .machines
-            .iter()
-            .map(|(id, m)| (id.clone(), m.lease))
-            .collect();
-        Work {
-            plan,
-            stale,
-            global,
-            leases,
-            problems: mirror.problems.clone(),
-        }
+        let leases = mirror.machines.iter().map(|(id, m)| (id.clone(), m.lease)).collect();
+        Work { plan, stale, global, leases, problems: mirror.problems.clone() }
     }
 }
 
@@ -282,10 +265,7 @@ async fn apply(store: &Store, config: &EngineConfig, work: &Work) -> anyhow::Res
         let global_on = work.global.contains(name).then_some(machine.as_str());
         let key = keys.claim(name, global_on);
         // The claim must still name the machine it is released from.
-        let record = ClaimRecord {
-            version: RECORD_VERSION,
-            machine: machine.clone(),
-        };
+        let record = ClaimRecord { version: RECORD_VERSION, machine: machine.clone() };
         let guard = Compare::value(key.as_str(), CompareOp::Equal, keyspace::encode(&record));
         releases.push((vec![guard], TxnOp::delete(key, None)));
     }
@@ -295,30 +275,21 @@ async fn apply(store: &Store, config: &EngineConfig, work: &Work) -> anyhow::Res
         };
         let global_on = work.global.contains(name).then_some(machine.as_str());
         let key = keys.claim(name, global_on);
-        let record = ClaimRecord {
-            version: RECORD_VERSION,
-            machine: machine.clone(),
-        };
+        let record = ClaimRecord { version: RECORD_VERSION, machine: machine.clone() };
         // Two guards: nobody claimed the unit since we looked, and the host is still alive under
         // the lease we bind the claim to (a host that died and came back has a new lease).
         let guards = vec![
             Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
             Compare::lease(keys.machine(machine), CompareOp::Equal, lease),
         ];
-        let put = TxnOp::put(
-            key,
-            keyspace::encode(&record),
-            Some(PutOptions::new().with_lease(lease)),
-        );
+        let put =
+            TxnOp::put(key, keyspace::encode(&record), Some(PutOptions::new().with_lease(lease)));
         writes.push((guards, put));
         debug!(unit.name = %name, machine.id = %machine, "placing unit");
     }
     for (name, reason) in &work.plan.unplaceable {
         if work.problems.get(name) != Some(reason) {
-            let record = ProblemRecord {
-                version: RECORD_VERSION,
-                reason: reason.clone(),
-            };
+            let record = ProblemRecord { version: RECORD_VERSION, reason: reason.clone() };
             let options = PutOptions::new().with_lease(config.lease);
             let put = TxnOp::put(keys.problem(name), keyspace::encode(&record), Some(options));
             writes.push((Vec::new(), put));

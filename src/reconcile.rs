@@ -32,9 +32,14 @@ pub struct Local {
     pub retry_at: Option<Instant>,
     /// The last error met while converging.
     pub error: Option<String>,
-    /// Whether the agent started this unit since its file last changed.
+    /// Whether the agent started this unit since its file last changed or it was stopped.
     pub started: bool,
+    /// Since when the unit has been seen up without interruption.
+    pub up_since: Option<Instant>,
 }
+
+/// How long a unit must stay up before its earlier failures are forgiven.
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// One step of converging a unit, applied in this order within a pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,27 +104,26 @@ pub fn decide(
     };
 
     if !launch {
+        // A stopped unit starts afresh when it is launched again.
         local.retry_at = None;
-        return if observed.is_up() {
-            vec![Action::Stop]
-        } else {
-            Vec::new()
-        };
+        local.started = false;
+        local.up_since = None;
+        return if observed.is_up() { vec![Action::Stop] } else { Vec::new() };
     }
     if observed.is_up() {
         local.retry_at = None;
         local.error = None;
-        if observed.active == "active" {
-            local.retries = 0;
-        }
+        local.up_since.get_or_insert(now);
         return Vec::new();
+    }
+    // A service that fails right after starting is briefly "active" first; only a unit that
+    // stayed up a while has its failure count reset.
+    if local.up_since.take().is_some_and(|since| now.duration_since(since) >= STABLE_AFTER) {
+        local.retries = 0;
     }
     if observed.load != "loaded" {
         // systemd refused the file; starting it again cannot help until the file changes.
-        local.error = Some(format!(
-            "systemd could not load the unit ({})",
-            observed.load
-        ));
+        local.error = Some(format!("systemd could not load the unit ({})", observed.load));
         return Vec::new();
     }
     match observed.active.as_str() {
@@ -149,11 +153,7 @@ mod tests {
     use super::*;
 
     fn want(target: DesiredState) -> Want {
-        Want {
-            hash: "h1".into(),
-            text: "[Service]\n".into(),
-            target,
-        }
+        Want { hash: "h1".into(), text: "[Service]\n".into(), target }
     }
 
     fn observed(active: &str) -> Observed {
@@ -169,26 +169,16 @@ mod tests {
     #[test]
     fn a_new_unit_is_installed_and_started() {
         let mut local = Local::default();
-        let actions = decide(
-            Some(&want(DesiredState::Launched)),
-            None,
-            None,
-            &mut local,
-            Instant::now(),
-        );
+        let actions =
+            decide(Some(&want(DesiredState::Launched)), None, None, &mut local, Instant::now());
         assert_eq!(actions, [Action::Install, Action::Start]);
     }
 
     #[test]
     fn a_loaded_unit_is_installed_but_not_started() {
         let mut local = Local::default();
-        let actions = decide(
-            Some(&want(DesiredState::Loaded)),
-            None,
-            None,
-            &mut local,
-            Instant::now(),
-        );
+        let actions =
+            decide(Some(&want(DesiredState::Loaded)), None, None, &mut local, Instant::now());
         assert_eq!(actions, [Action::Install]);
     }
 
@@ -246,10 +236,7 @@ mod tests {
 
     #[test]
     fn a_failed_unit_is_restarted_after_a_growing_backoff() {
-        let mut local = Local {
-            started: true,
-            ..Local::default()
-        };
+        let mut local = Local { started: true, ..Local::default() };
         let failed = observed("failed");
         let w = want(DesiredState::Launched);
         let t0 = Instant::now();
@@ -259,14 +246,47 @@ mod tests {
         let early = t0 + Duration::from_millis(500);
         assert!(decide(Some(&w), Some("h1"), Some(&failed), &mut local, early).is_empty());
         let due = t0 + Duration::from_secs(1);
-        assert_eq!(
-            decide(Some(&w), Some("h1"), Some(&failed), &mut local, due),
-            [Action::Start]
-        );
+        assert_eq!(decide(Some(&w), Some("h1"), Some(&failed), &mut local, due), [Action::Start]);
         assert_eq!(local.retries, 1);
 
         assert!(decide(Some(&w), Some("h1"), Some(&failed), &mut local, due).is_empty());
         assert_eq!(local.retry_at, Some(due + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_unit_that_fails_right_after_starting_keeps_its_backoff() {
+        let mut local = Local { started: true, retries: 3, ..Local::default() };
+        let w = want(DesiredState::Launched);
+        let t0 = Instant::now();
+        decide(Some(&w), Some("h1"), Some(&observed("active")), &mut local, t0);
+        let soon = t0 + Duration::from_millis(50);
+        decide(Some(&w), Some("h1"), Some(&observed("failed")), &mut local, soon);
+        assert_eq!(local.retries, 3);
+        assert_eq!(local.retry_at, Some(soon + backoff(3)));
+    }
+
+    #[test]
+    fn a_unit_that_stayed_up_is_forgiven_its_failures() {
+        let mut local = Local { started: true, retries: 3, ..Local::default() };
+        let w = want(DesiredState::Launched);
+        let t0 = Instant::now();
+        decide(Some(&w), Some("h1"), Some(&observed("active")), &mut local, t0);
+        let later = t0 + STABLE_AFTER;
+        decide(Some(&w), Some("h1"), Some(&observed("failed")), &mut local, later);
+        assert_eq!(local.retries, 0);
+        assert_eq!(local.retry_at, Some(later + backoff(0)));
+    }
+
+    #[test]
+    fn a_stopped_unit_is_started_again_when_launched() {
+        let mut local = Local { started: true, ..Local::default() };
+        let stopped = observed("inactive");
+        let now = Instant::now();
+        let loaded = want(DesiredState::Loaded);
+        assert!(decide(Some(&loaded), Some("h1"), Some(&stopped), &mut local, now).is_empty());
+        let launched = want(DesiredState::Launched);
+        let actions = decide(Some(&launched), Some("h1"), Some(&stopped), &mut local, now);
+        assert_eq!(actions, [Action::Start]);
     }
 
     #[test]
@@ -277,14 +297,8 @@ mod tests {
 
     #[test]
     fn a_unit_systemd_cannot_load_is_not_restarted() {
-        let mut local = Local {
-            started: true,
-            ..Local::default()
-        };
-        let bad = Observed {
-            load: "bad-setting".into(),
-            ..observed("inactive")
-        };
+        let mut local = Local { started: true, ..Local::default() };
+        let bad = Observed { load: "bad-setting".into(), ..observed("inactive") };
         let actions = decide(
             Some(&want(DesiredState::Launched)),
             Some("h1"),
@@ -298,10 +312,7 @@ mod tests {
 
     #[test]
     fn a_finished_unit_is_not_started_again() {
-        let mut local = Local {
-            started: true,
-            ..Local::default()
-        };
+        let mut local = Local { started: true, ..Local::default() };
         let done = observed("inactive");
         let actions = decide(
             Some(&want(DesiredState::Launched)),
