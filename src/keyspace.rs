@@ -249,9 +249,7 @@ pub struct Keyspace {
 impl Keyspace {
     /// A keyspace under `prefix`; a trailing slash is ignored.
     pub fn new(prefix: &str) -> Keyspace {
-        Keyspace {
-            prefix: prefix.trim_end_matches('/').to_string(),
-        }
+        Keyspace { prefix: prefix.trim_end_matches('/').to_string() }
     }
 
     /// The prefix every key starts with, with a trailing slash.
@@ -341,10 +339,7 @@ pub fn is_machine_id(id: &str) -> bool {
 /// Lower-case hex SHA-256 of a unit file.
 pub fn hash_text(text: &str) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -361,32 +356,17 @@ mod tests {
     fn keys_round_trip_through_parse() {
         let ks = Keyspace::new("/flotilla/");
         let cases = [
-            (
-                ks.unit(&name("web@1.service")),
-                Key::Unit(name("web@1.service")),
-            ),
-            (
-                ks.desired(&name("a.service")),
-                Key::Desired(name("a.service")),
-            ),
+            (ks.unit(&name("web@1.service")), Key::Unit(name("web@1.service"))),
+            (ks.desired(&name("a.service")), Key::Desired(name("a.service"))),
             (ks.machine(ID), Key::Machine(ID.into())),
-            (
-                ks.claim(&name("a.service"), None),
-                Key::Claim(name("a.service"), None),
-            ),
+            (ks.claim(&name("a.service"), None), Key::Claim(name("a.service"), None)),
             (
                 ks.claim(&name("g.service"), Some(ID)),
                 Key::Claim(name("g.service"), Some(ID.into())),
             ),
-            (
-                ks.state(ID, &name("a.service")),
-                Key::State(ID.into(), name("a.service")),
-            ),
+            (ks.state(ID, &name("a.service")), Key::State(ID.into(), name("a.service"))),
             (ks.engine(), Key::Engine),
-            (
-                ks.problem(&name("a.service")),
-                Key::Problem(name("a.service")),
-            ),
+            (ks.problem(&name("a.service")), Key::Problem(name("a.service"))),
         ];
         for (key, expected) in cases {
             assert_eq!(ks.parse(key.as_bytes()), Some(expected), "{key}");
@@ -417,16 +397,10 @@ mod tests {
         assert_eq!(record.state, DesiredState::Launched);
 
         let unknown = br#"{"version":1,"state":"launched","extra":1}"#;
-        assert!(matches!(
-            decode::<DesiredRecord>(unknown),
-            Err(DecodeError::Json(_))
-        ));
+        assert!(matches!(decode::<DesiredRecord>(unknown), Err(DecodeError::Json(_))));
 
         let newer = br#"{"version":2,"state":"launched"}"#;
-        assert!(matches!(
-            decode::<DesiredRecord>(newer),
-            Err(DecodeError::Version(2))
-        ));
+        assert!(matches!(decode::<DesiredRecord>(newer), Err(DecodeError::Version(2))));
 
         assert!(decode::<DesiredRecord>(b"\xff garbage").is_err());
     }

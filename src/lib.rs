@@ -3,6 +3,7 @@
 //! The modules, in reading order:
 //!
 //! - [`unit`]: unit names, unit files and their `[X-Fleet]` options, checked at the door.
+//! - [`container`]: the `[Container]` section of `.container` units.
 //! - [`keyspace`]: where each record lives in etcd and what it holds.
 //! - [`store`]: the etcd connection and the transactions on the keyspace.
 //! - [`mirror`]: an in-memory copy of the keyspace kept current by a watch.
@@ -16,6 +17,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod container;
 pub mod engine;
 pub mod keyspace;
 pub mod lease;

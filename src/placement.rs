@@ -119,10 +119,7 @@ impl<'a> Planner<'a> {
         for unit in &snapshot.units {
             units.entry(&unit.name).or_insert_with(|| UnitInfo {
                 options: &unit.options,
-                conflicts: unit
-                    .options
-                    .conflict_set()
-                    .map_err(|error| error.to_string()),
+                conflicts: unit.options.conflict_set().map_err(|error| error.to_string()),
             });
         }
 
@@ -177,10 +174,7 @@ impl<'a> Planner<'a> {
         };
         let options = info.options;
         if unit_name.is_template() {
-            self.refuse(
-                unit_name,
-                "templates are not placed, only their instances".into(),
-            );
+            self.refuse(unit_name, "templates are not placed, only their instances".into());
             return;
         }
         if let Err(reason) = &info.conflicts {
@@ -219,10 +213,8 @@ impl<'a> Planner<'a> {
             let machine_id = machine.id.as_str();
             let fits = options.matches_machine_id(machine_id)
                 && options.matches_metadata(&machine.metadata);
-            let claimed = self
-                .placed
-                .get(unit_name)
-                .is_some_and(|hosts| hosts.contains(machine_id));
+            let claimed =
+                self.placed.get(unit_name).is_some_and(|hosts| hosts.contains(machine_id));
             if claimed && !fits {
                 self.remove(unit_name, machine_id);
             } else if !claimed && fits && self.conflict_on(unit_name, machine_id, None).is_none() {
@@ -244,11 +236,7 @@ impl<'a> Planner<'a> {
     fn take_replaced_machine(&mut self, unit_name: &'a UnitName, options: &FleetOptions) -> bool {
         for replaced in &options.replaces {
             // Only a non-global unit of the snapshot is moved out of the way.
-            if self
-                .units
-                .get(replaced)
-                .is_none_or(|info| info.options.global)
-            {
+            if self.units.get(replaced).is_none_or(|info| info.options.global) {
                 continue;
             }
             let Some(hosts) = self.placed.get(replaced) else {
@@ -258,10 +246,7 @@ impl<'a> Planner<'a> {
                 let Some(&machine) = self.machines.get(machine_id) else {
                     continue;
                 };
-                if self
-                    .eligible(unit_name, options, vec![machine], Some(replaced))
-                    .is_ok()
-                {
+                if self.eligible(unit_name, options, vec![machine], Some(replaced)).is_ok() {
                     self.add(unit_name, machine_id);
                     return true;
                 }
@@ -343,20 +328,14 @@ impl<'a> Planner<'a> {
         for (key, alternatives) in &options.metadata {
             required.push((key, alternatives));
             candidates.retain(|machine| {
-                machine
-                    .metadata
-                    .get(key)
-                    .is_some_and(|value| alternatives.contains(value))
+                machine.metadata.get(key).is_some_and(|value| alternatives.contains(value))
             });
             if candidates.is_empty() {
                 let scope = match &options.machine_id {
                     Some(prefix) => format!("no machine matching MachineID {prefix}"),
                     None => "no machine".to_owned(),
                 };
-                return Err(format!(
-                    "{scope} has metadata {}",
-                    describe_metadata(&required)
-                ));
+                return Err(format!("{scope} has metadata {}", describe_metadata(&required)));
             }
         }
 
@@ -377,15 +356,13 @@ impl<'a> Planner<'a> {
         }
 
         let mut blocked = Vec::new();
-        candidates.retain(
-            |machine| match self.conflict_on(unit_name, &machine.id, ignore) {
-                Some(resident) => {
-                    blocked.push(format!("{resident} on {}", short_id(&machine.id)));
-                    false
-                }
-                None => true,
-            },
-        );
+        candidates.retain(|machine| match self.conflict_on(unit_name, &machine.id, ignore) {
+            Some(resident) => {
+                blocked.push(format!("{resident} on {}", short_id(&machine.id)));
+                false
+            }
+            None => true,
+        });
         if candidates.is_empty() {
             return Err(format!(
                 "every eligible machine runs a conflicting unit ({})",
@@ -402,15 +379,11 @@ impl<'a> Planner<'a> {
         machine_id: &str,
         ignore: Option<&UnitName>,
     ) -> Option<&'a UnitName> {
-        self.residents
-            .get(machine_id)?
-            .iter()
-            .copied()
-            .find(|&resident| {
-                resident != unit_name
-                    && Some(resident) != ignore
-                    && (self.rejects(unit_name, resident) || self.rejects(resident, unit_name))
-            })
+        self.residents.get(machine_id)?.iter().copied().find(|&resident| {
+            resident != unit_name
+                && Some(resident) != ignore
+                && (self.rejects(unit_name, resident) || self.rejects(resident, unit_name))
+        })
     }
 
     /// True if `unit_name`'s own options forbid sharing a machine with `other`: a `Conflicts`
@@ -418,10 +391,7 @@ impl<'a> Planner<'a> {
     fn rejects(&self, unit_name: &UnitName, other: &UnitName) -> bool {
         self.units.get(unit_name).is_some_and(|info| {
             info.options.replaces.contains(other)
-                || info
-                    .conflicts
-                    .as_ref()
-                    .is_ok_and(|globs| globs.is_match(other.as_str()))
+                || info.conflicts.as_ref().is_ok_and(|globs| globs.is_match(other.as_str()))
         })
     }
 
@@ -430,23 +400,14 @@ impl<'a> Planner<'a> {
         let Some(residents) = self.residents.get(machine_id) else {
             return 0;
         };
-        let is_global = |unit_name| {
-            self.units
-                .get(unit_name)
-                .is_some_and(|info| info.options.global)
-        };
-        residents
-            .iter()
-            .filter(|&&unit_name| !is_global(unit_name))
-            .count()
+        let is_global =
+            |unit_name| self.units.get(unit_name).is_some_and(|info| info.options.global);
+        residents.iter().filter(|&&unit_name| !is_global(unit_name)).count()
     }
 
     fn add(&mut self, unit_name: &'a UnitName, machine_id: &'a str) {
         self.placed.entry(unit_name).or_default().insert(machine_id);
-        self.residents
-            .entry(machine_id)
-            .or_default()
-            .insert(unit_name);
+        self.residents.entry(machine_id).or_default().insert(unit_name);
         self.unplaceable.remove(unit_name);
     }
 
@@ -468,14 +429,9 @@ impl<'a> Planner<'a> {
 
     fn into_plan(self) -> Plan {
         let held = |claims: &BTreeMap<&UnitName, BTreeSet<&str>>, unit_name, machine_id| {
-            claims
-                .get(unit_name)
-                .is_some_and(|hosts: &BTreeSet<&str>| hosts.contains(machine_id))
+            claims.get(unit_name).is_some_and(|hosts: &BTreeSet<&str>| hosts.contains(machine_id))
         };
-        let mut plan = Plan {
-            unplaceable: self.unplaceable,
-            ..Plan::default()
-        };
+        let mut plan = Plan { unplaceable: self.unplaceable, ..Plan::default() };
         for (&unit_name, hosts) in &self.placed {
             for &machine_id in hosts {
                 if !held(&self.initial, unit_name, machine_id) {
@@ -486,8 +442,7 @@ impl<'a> Planner<'a> {
         for (&unit_name, hosts) in &self.initial {
             for &machine_id in hosts {
                 if !held(&self.placed, unit_name, machine_id) {
-                    plan.release
-                        .push((unit_name.clone(), machine_id.to_owned()));
+                    plan.release.push((unit_name.clone(), machine_id.to_owned()));
                 }
             }
         }
@@ -559,11 +514,8 @@ impl<'a> Ordering<'_, 'a> {
             return;
         };
         let members = &self.stack[start..];
-        let path: Vec<&str> = members
-            .iter()
-            .chain([&unit_name])
-            .map(|member| member.as_str())
-            .collect();
+        let path: Vec<&str> =
+            members.iter().chain([&unit_name]).map(|member| member.as_str()).collect();
         let reason = format!("MachineOf/Replaces cycle: {}", path.join(" -> "));
         for &member in members {
             self.cycles.entry(member).or_insert_with(|| reason.clone());
@@ -576,10 +528,8 @@ fn describe_metadata(required: &[(&String, &Vec<String>)]) -> String {
     let described: Vec<String> = required
         .iter()
         .map(|(key, alternatives)| {
-            let pairs: Vec<String> = alternatives
-                .iter()
-                .map(|value| format!("{key}={value}"))
-                .collect();
+            let pairs: Vec<String> =
+                alternatives.iter().map(|value| format!("{key}={value}")).collect();
             match (pairs.len(), required.len()) {
                 (1, _) | (_, 1) => pairs.join(" or "),
                 _ => format!("({})", pairs.join(" or ")),
@@ -597,12 +547,8 @@ fn short_id(machine_id: &str) -> String {
 }
 
 fn list_elided(items: &[String]) -> String {
-    let mut listed = items
-        .iter()
-        .take(MAX_LISTED_CONFLICTS)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut listed =
+        items.iter().take(MAX_LISTED_CONFLICTS).cloned().collect::<Vec<_>>().join(", ");
     if items.len() > MAX_LISTED_CONFLICTS {
         listed.push_str(", …");
     }
@@ -619,14 +565,8 @@ mod tests {
     }
 
     fn machine(id: &str, metadata: &[(&str, &str)]) -> Machine {
-        let metadata = metadata
-            .iter()
-            .map(|&(key, value)| (key.into(), value.into()))
-            .collect();
-        Machine {
-            id: id.to_owned(),
-            metadata,
-        }
+        let metadata = metadata.iter().map(|&(key, value)| (key.into(), value.into())).collect();
+        Machine { id: id.to_owned(), metadata }
     }
 
     fn machines(ids: &[&str]) -> Vec<Machine> {
@@ -639,10 +579,7 @@ mod tests {
         let text = format!("[Service]\nExecStart=/bin/true\n[X-Fleet]\n{fleet_lines}\n");
         let file = UnitFile::parse(&unit_name, text.as_bytes()).expect("test unit file parses");
         let options = FleetOptions::from_unit(&unit_name, &file).expect("test options are valid");
-        Placeable {
-            name: unit_name,
-            options,
-        }
+        Placeable { name: unit_name, options }
     }
 
     fn plain(unit_name: &str) -> Placeable {
@@ -656,16 +593,9 @@ mod tests {
     ) -> Snapshot {
         let mut claimed: BTreeMap<UnitName, BTreeSet<String>> = BTreeMap::new();
         for &(unit_name, machine_id) in claims {
-            claimed
-                .entry(name(unit_name))
-                .or_default()
-                .insert(machine_id.to_owned());
+            claimed.entry(name(unit_name)).or_default().insert(machine_id.to_owned());
         }
-        Snapshot {
-            machines,
-            units,
-            claims: claimed,
-        }
+        Snapshot { machines, units, claims: claimed }
     }
 
     fn pairs(list: &[(UnitName, String)]) -> Vec<(&str, &str)> {
@@ -687,10 +617,7 @@ mod tests {
             }
         }
         for (unit_name, machine_id) in &plan.claim {
-            claims
-                .entry(unit_name.to_string())
-                .or_default()
-                .insert(machine_id.clone());
+            claims.entry(unit_name.to_string()).or_default().insert(machine_id.clone());
         }
         claims
             .into_iter()
@@ -708,9 +635,7 @@ mod tests {
 
     #[test]
     fn twelve_units_on_three_machines_spread_four_each() {
-        let units = (1..=12)
-            .map(|index| plain(&format!("u{index:02}.service")))
-            .collect();
+        let units = (1..=12).map(|index| plain(&format!("u{index:02}.service"))).collect();
         let input = snapshot(machines(&["m1", "m2", "m3"]), units, &[]);
         let plan = plan(&input);
 
@@ -718,10 +643,7 @@ mod tests {
         for (_, machine_id) in &plan.claim {
             *per_machine.entry(machine_id.as_str()).or_default() += 1;
         }
-        assert_eq!(
-            per_machine,
-            BTreeMap::from([("m1", 4), ("m2", 4), ("m3", 4)])
-        );
+        assert_eq!(per_machine, BTreeMap::from([("m1", 4), ("m2", 4), ("m3", 4)]));
         assert!(plan.release.is_empty());
         assert!(plan.unplaceable.is_empty());
     }
@@ -730,14 +652,8 @@ mod tests {
     fn existing_claims_are_kept_and_count_as_load() {
         // a.service no longer fits m1, but a kept claim is not re-checked.
         let input = snapshot(
-            vec![
-                machine("m1", &[("region", "eu")]),
-                machine("m2", &[("region", "eu")]),
-            ],
-            vec![
-                unit("a.service", "MachineMetadata=region=us"),
-                plain("b.service"),
-            ],
+            vec![machine("m1", &[("region", "eu")]), machine("m2", &[("region", "eu")])],
+            vec![unit("a.service", "MachineMetadata=region=us"), plain("b.service")],
             &[("a.service", "m1")],
         );
         let plan = plan(&input);
@@ -750,24 +666,15 @@ mod tests {
     fn ties_go_to_the_smallest_machine_id_whatever_the_input_order() {
         let forward = snapshot(
             machines(&["c", "a", "b"]),
-            vec![
-                plain("x.service"),
-                plain("y.service"),
-                plain("z.service"),
-                plain("w.service"),
-            ],
+            vec![plain("x.service"), plain("y.service"), plain("z.service"), plain("w.service")],
             &[],
         );
         let mut backward = forward.clone();
         backward.machines.reverse();
         backward.units.reverse();
 
-        let expected = [
-            ("w.service", "a"),
-            ("x.service", "b"),
-            ("y.service", "c"),
-            ("z.service", "a"),
-        ];
+        let expected =
+            [("w.service", "a"), ("x.service", "b"), ("y.service", "c"), ("z.service", "a")];
         assert_eq!(pairs(&plan(&forward).claim), expected);
         assert_eq!(plan(&forward), plan(&backward));
         assert_eq!(plan(&forward), plan(&forward));
@@ -789,18 +696,12 @@ mod tests {
     fn claims_of_units_outside_the_snapshot_are_left_alone_but_occupy_their_machine() {
         let input = snapshot(
             machines(&["m1", "m2"]),
-            vec![
-                unit("a.service", "Conflicts=stopping.service"),
-                plain("b.service"),
-            ],
+            vec![unit("a.service", "Conflicts=stopping.service"), plain("b.service")],
             &[("stopping.service", "m2")],
         );
         let plan = plan(&input);
         // a.service avoids m2 for its Conflicts; b.service then finds both machines at load 1.
-        assert_eq!(
-            pairs(&plan.claim),
-            [("a.service", "m1"), ("b.service", "m1")]
-        );
+        assert_eq!(pairs(&plan.claim), [("a.service", "m1"), ("b.service", "m1")]);
         assert!(plan.release.is_empty());
     }
 
@@ -814,10 +715,7 @@ mod tests {
             ],
             vec![
                 unit("a.service", "MachineMetadata=region=eu region=us"),
-                unit(
-                    "b.service",
-                    "MachineMetadata=region=eu\nMachineMetadata=region=us",
-                ),
+                unit("b.service", "MachineMetadata=region=eu\nMachineMetadata=region=us"),
                 unit("c.service", "MachineMetadata=region=eu region=us disk=ssd"),
             ],
             &[],
@@ -825,20 +723,13 @@ mod tests {
         let plan = plan(&input);
         assert_eq!(
             pairs(&plan.claim),
-            [
-                ("a.service", "m2"),
-                ("b.service", "m3"),
-                ("c.service", "m3")
-            ]
+            [("a.service", "m2"), ("b.service", "m3"), ("c.service", "m3")]
         );
     }
 
     #[test]
     fn machine_id_prefix_selects_the_machine() {
-        let ids = [
-            "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
-            "ffe1d2c3b4a5968778695a4b3c2d1e0f",
-        ];
+        let ids = ["0a1b2c3d4e5f60718293a4b5c6d7e8f9", "ffe1d2c3b4a5968778695a4b3c2d1e0f"];
         let input = snapshot(
             machines(&ids),
             vec![
@@ -848,10 +739,7 @@ mod tests {
             &[],
         );
         let plan = plan(&input);
-        assert_eq!(
-            pairs(&plan.claim),
-            [("a.service", ids[1]), ("b.service", ids[0])]
-        );
+        assert_eq!(pairs(&plan.claim), [("a.service", ids[1]), ("b.service", ids[0])]);
     }
 
     #[test]
@@ -870,11 +758,7 @@ mod tests {
         let plan = plan(&input);
         assert_eq!(
             pairs(&plan.claim),
-            [
-                ("app.service", "m2"),
-                ("db.service", "m2"),
-                ("storage.service", "m2")
-            ]
+            [("app.service", "m2"), ("db.service", "m2"), ("storage.service", "m2")]
         );
     }
 
@@ -923,11 +807,7 @@ mod tests {
                 ],
                 &[(resident, "m1"), ("busy.service", "m2")],
             );
-            assert_eq!(
-                pairs(&plan(&input).claim),
-                [(new_unit, "m2")],
-                "{behaviour}"
-            );
+            assert_eq!(pairs(&plan(&input).claim), [(new_unit, "m2")], "{behaviour}");
         }
     }
 
@@ -949,10 +829,7 @@ mod tests {
                 machine("m2", &[("role", "core")]),
                 machine("m3", &[("role", "edge")]),
             ],
-            vec![unit(
-                "proxy.service",
-                "Global=true\nMachineMetadata=role=edge",
-            )],
+            vec![unit("proxy.service", "Global=true\nMachineMetadata=role=edge")],
             &[("proxy.service", "m2"), ("proxy.service", "m3")],
         );
         let plan = plan(&input);
@@ -966,10 +843,7 @@ mod tests {
         let input = snapshot(
             machines(&["m1", "m2", "m3"]),
             vec![
-                unit(
-                    "agent.service",
-                    "Global=true\nConflicts=legacy-agent.service",
-                ),
+                unit("agent.service", "Global=true\nConflicts=legacy-agent.service"),
                 plain("legacy-agent.service"),
                 plain("web.service"),
             ],
@@ -993,10 +867,7 @@ mod tests {
             &[("web-v1.service", "m1"), ("busy.service", "m2")],
         );
         let plan = plan(&input);
-        assert_eq!(
-            pairs(&plan.claim),
-            [("web-v1.service", "m3"), ("web-v2.service", "m1")]
-        );
+        assert_eq!(pairs(&plan.claim), [("web-v1.service", "m3"), ("web-v2.service", "m1")]);
         assert_eq!(pairs(&plan.release), [("web-v1.service", "m1")]);
     }
 
@@ -1019,10 +890,7 @@ mod tests {
     fn replaced_unit_sharing_its_replacers_machine_is_moved() {
         let input = snapshot(
             machines(&["m1", "m2"]),
-            vec![
-                unit("new.service", "Replaces=old.service"),
-                plain("old.service"),
-            ],
+            vec![unit("new.service", "Replaces=old.service"), plain("old.service")],
             &[("new.service", "m1"), ("old.service", "m1")],
         );
         let plan = plan(&input);
@@ -1033,15 +901,9 @@ mod tests {
     #[test]
     fn replacer_that_cannot_use_the_replaced_machine_goes_elsewhere() {
         let input = snapshot(
+            vec![machine("m1", &[("disk", "hdd")]), machine("m2", &[("disk", "ssd")])],
             vec![
-                machine("m1", &[("disk", "hdd")]),
-                machine("m2", &[("disk", "ssd")]),
-            ],
-            vec![
-                unit(
-                    "new.service",
-                    "Replaces=old.service\nMachineMetadata=disk=ssd",
-                ),
+                unit("new.service", "Replaces=old.service\nMachineMetadata=disk=ssd"),
                 plain("old.service"),
             ],
             &[("old.service", "m1")],
@@ -1073,10 +935,7 @@ mod tests {
     fn replaced_unit_with_nowhere_to_go_is_unplaceable() {
         let input = snapshot(
             machines(&["m1"]),
-            vec![
-                unit("new.service", "Replaces=old.service"),
-                plain("old.service"),
-            ],
+            vec![unit("new.service", "Replaces=old.service"), plain("old.service")],
             &[("old.service", "m1")],
         );
         let plan = plan(&input);
@@ -1148,10 +1007,7 @@ mod tests {
             ReasonCase {
                 behaviour: "missing metadata for a global unit",
                 machines: regions(),
-                units: vec![unit(
-                    "a.service",
-                    "Global=true\nMachineMetadata=region=mars",
-                )],
+                units: vec![unit("a.service", "Global=true\nMachineMetadata=region=mars")],
                 claims: vec![],
                 asked: "a.service",
                 reason: "no machine has metadata region=mars",
@@ -1159,10 +1015,7 @@ mod tests {
             ReasonCase {
                 behaviour: "metadata split over machines",
                 machines: regions(),
-                units: vec![unit(
-                    "a.service",
-                    "MachineMetadata=region=eu region=asia disk=ssd",
-                )],
+                units: vec![unit("a.service", "MachineMetadata=region=eu region=asia disk=ssd")],
                 claims: vec![],
                 asked: "a.service",
                 reason: "no machine has metadata disk=ssd and (region=eu or region=asia)",
@@ -1170,10 +1023,7 @@ mod tests {
             ReasonCase {
                 behaviour: "metadata missing from the machines matching the id",
                 machines: vec![machine("a1", &[]), machine("b1", &[("region", "mars")])],
-                units: vec![unit(
-                    "a.service",
-                    "MachineID=a\nMachineMetadata=region=mars",
-                )],
+                units: vec![unit("a.service", "MachineID=a\nMachineMetadata=region=mars")],
                 claims: vec![],
                 asked: "a.service",
                 reason: "no machine matching MachineID a has metadata region=mars",
@@ -1190,10 +1040,7 @@ mod tests {
                 behaviour: "target on an ineligible machine",
                 machines: regions(),
                 units: vec![
-                    unit(
-                        "a.service",
-                        "MachineOf=db.service\nMachineMetadata=region=us",
-                    ),
+                    unit("a.service", "MachineOf=db.service\nMachineMetadata=region=us"),
                     plain("db.service"),
                 ],
                 claims: vec![("db.service", "m1")],
@@ -1219,10 +1066,7 @@ mod tests {
                     .into_iter()
                     .chain(residents.map(plain))
                     .collect(),
-                claims: residents
-                    .into_iter()
-                    .zip(["m1", "m2", "m3", "m4"])
-                    .collect(),
+                claims: residents.into_iter().zip(["m1", "m2", "m3", "m4"]).collect(),
                 asked: "x.service",
                 reason: "every eligible machine runs a conflicting unit (a.service on m1, \
                          b.service on m2, c.service on m3, …)",
@@ -1284,10 +1128,7 @@ mod tests {
     fn replaces_cycle_is_reported() {
         let input = snapshot(
             machines(&["m1", "m2"]),
-            vec![
-                unit("a.service", "Replaces=b.service"),
-                unit("b.service", "Replaces=a.service"),
-            ],
+            vec![unit("a.service", "Replaces=b.service"), unit("b.service", "Replaces=a.service")],
             &[],
         );
         let plan = plan(&input);

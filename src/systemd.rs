@@ -57,25 +57,14 @@ const UNIT_PATHS: &str = "/org/freedesktop/systemd1/unit";
 impl Systemd {
     /// Connects to the system bus and subscribes to systemd's signals.
     pub async fn connect(unit_dir: &Path) -> anyhow::Result<Systemd> {
-        let conn = Connection::system()
-            .await
-            .context("failed to connect to the system bus")?;
-        let manager = ManagerProxy::new(&conn)
-            .await
-            .context("failed to reach systemd")?;
+        let conn = Connection::system().await.context("failed to connect to the system bus")?;
+        let manager = ManagerProxy::new(&conn).await.context("failed to reach systemd")?;
         // systemd only emits unit and job signals to clients that subscribed.
-        manager
-            .subscribe()
-            .await
-            .context("failed to subscribe to systemd signals")?;
+        manager.subscribe().await.context("failed to subscribe to systemd signals")?;
         tokio::fs::create_dir_all(unit_dir)
             .await
             .with_context(|| format!("failed to create {}", unit_dir.display()))?;
-        Ok(Systemd {
-            conn,
-            manager,
-            unit_dir: unit_dir.to_path_buf(),
-        })
+        Ok(Systemd { conn, manager, unit_dir: unit_dir.to_path_buf() })
     }
 
     /// Sends the name of every unit whose state systemd reports changed, until `tx` closes.
@@ -94,10 +83,8 @@ impl Systemd {
             let Ok(message) = message else { continue };
             let header = message.header();
             let Some(path) = header.path() else { continue };
-            let Some(label) = path
-                .as_str()
-                .strip_prefix(UNIT_PATHS)
-                .and_then(|p| p.strip_prefix('/'))
+            let Some(label) =
+                path.as_str().strip_prefix(UNIT_PATHS).and_then(|p| p.strip_prefix('/'))
             else {
                 continue;
             };
@@ -136,13 +123,7 @@ impl Systemd {
                 .await?;
             main_pid = service.main_pid().await?;
         }
-        Ok(Observed {
-            load,
-            active,
-            sub,
-            main_pid,
-            since_ms: since_us / 1000,
-        })
+        Ok(Observed { load, active, sub, main_pid, since_ms: since_us / 1000 })
     }
 
     /// The hash of each unit file in flotd's directory.
@@ -157,9 +138,7 @@ impl Systemd {
                 warn!(path = %entry.path().display(), "ignoring a file that is not a unit");
                 continue;
             };
-            let text = tokio::fs::read_to_string(entry.path())
-                .await
-                .unwrap_or_default();
+            let text = tokio::fs::read_to_string(entry.path()).await.unwrap_or_default();
             files.insert(name, keyspace::hash_text(&text));
         }
         Ok(files)
@@ -203,11 +182,7 @@ impl Systemd {
 
     /// Unlinks a unit and removes its file; the caller stops it first and reloads after.
     pub async fn uninstall(&self, unit: &UnitName) -> anyhow::Result<()> {
-        if let Err(error) = self
-            .manager
-            .disable_unit_files(vec![unit.to_string()], true)
-            .await
-        {
+        if let Err(error) = self.manager.disable_unit_files(vec![unit.to_string()], true).await {
             debug!(unit.name = %unit, error = %error, "disable failed");
         }
         match tokio::fs::remove_file(self.path_of(unit)).await {
@@ -219,10 +194,7 @@ impl Systemd {
         }
         // A runtime link left behind would keep pointing at the removed file.
         let link = Path::new("/run/systemd/system").join(unit.as_str());
-        if tokio::fs::symlink_metadata(&link)
-            .await
-            .is_ok_and(|m| m.file_type().is_symlink())
-        {
+        if tokio::fs::symlink_metadata(&link).await.is_ok_and(|m| m.file_type().is_symlink()) {
             let _ = tokio::fs::remove_file(&link).await;
         }
         Ok(())
@@ -230,10 +202,7 @@ impl Systemd {
 
     /// Makes systemd re-read unit files.
     pub async fn reload(&self) -> anyhow::Result<()> {
-        self.manager
-            .reload()
-            .await
-            .context("failed to reload systemd")
+        self.manager.reload().await.context("failed to reload systemd")
     }
 
     /// Queues a start job; the outcome arrives later as a state change.
@@ -251,11 +220,7 @@ impl Systemd {
     pub async fn stop(&self, unit: &UnitName, timeout: Duration) -> anyhow::Result<()> {
         // Listen before asking, so the job's end cannot slip by unseen.
         let mut removed = self.manager.receive_job_removed().await?;
-        let job = match self
-            .manager
-            .stop_unit(unit.to_string(), "replace".into())
-            .await
-        {
+        let job = match self.manager.stop_unit(unit.to_string(), "replace".into()).await {
             Ok(job) => job,
             Err(zbus::Error::MethodError(name, _, _))
                 if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
@@ -272,17 +237,12 @@ impl Systemd {
             }
         };
         tokio::time::timeout(timeout, wait).await.map_err(|_| {
-            anyhow!(
-                "{unit} did not stop within {}",
-                humantime::format_duration(timeout)
-            )
+            anyhow!("{unit} did not stop within {}", humantime::format_duration(timeout))
         })
     }
 }
 
 /// Milliseconds since the epoch, for state records.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -206,14 +206,10 @@ impl UnitName {
     /// breaks a naming rule (for example an instance containing `/` or `@`).
     pub fn instantiate(&self, instance: &str) -> Result<UnitName, NameError> {
         if !self.is_template() {
-            return Err(NameError::NotTemplate {
-                name: self.0.clone(),
-            });
+            return Err(NameError::NotTemplate { name: self.0.clone() });
         }
         if instance.is_empty() {
-            return Err(NameError::EmptyInstance {
-                template: self.0.clone(),
-            });
+            return Err(NameError::EmptyInstance { template: self.0.clone() });
         }
         UnitName::parse(&format!("{}@{}{}", self.prefix(), instance, self.suffix()))
     }
@@ -282,10 +278,7 @@ fn check_name(name: &str) -> Result<(), NameError> {
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || NAME_PUNCTUATION.contains(c);
     if let Some(character) = name.chars().find(|&c| !allowed(c)) {
-        return Err(NameError::BadCharacter {
-            name: owned(),
-            character,
-        });
+        return Err(NameError::BadCharacter { name: owned(), character });
     }
     if name.contains("..") {
         return Err(NameError::DoubleDot { name: owned() });
@@ -296,10 +289,7 @@ fn check_name(name: &str) -> Result<(), NameError> {
     };
     let (stem, suffix) = name.split_at(dot);
     if !UNIT_SUFFIXES.contains(&suffix) {
-        return Err(NameError::UnknownSuffix {
-            name: owned(),
-            suffix: suffix.to_owned(),
-        });
+        return Err(NameError::UnknownSuffix { name: owned(), suffix: suffix.to_owned() });
     }
     if stem.is_empty() {
         return Err(NameError::EmptyStem { name: owned() });
@@ -543,19 +533,13 @@ impl UnitFile {
             return Err(UnitError::TooLarge { size: bytes.len() });
         }
         if let Some(offset) = bytes.iter().position(|&byte| byte == 0) {
-            return Err(UnitError::Binary {
-                line: line_of_offset(bytes, offset),
-                offset,
-            });
+            return Err(UnitError::Binary { line: line_of_offset(bytes, offset), offset });
         }
         let text = match std::str::from_utf8(bytes) {
             Ok(text) => text,
             Err(error) => {
                 let offset = error.valid_up_to();
-                return Err(UnitError::NotUtf8 {
-                    line: line_of_offset(bytes, offset),
-                    offset,
-                });
+                return Err(UnitError::NotUtf8 { line: line_of_offset(bytes, offset), offset });
             }
         };
 
@@ -563,11 +547,7 @@ impl UnitFile {
         if sections.is_empty() {
             return Err(UnitError::NoSections);
         }
-        Ok(UnitFile {
-            name: name.clone(),
-            text: text.to_owned(),
-            sections,
-        })
+        Ok(UnitFile { name: name.clone(), text: text.to_owned(), sections })
     }
 
     /// The unit this file was parsed for.
@@ -595,9 +575,7 @@ impl UnitFile {
         &'file self,
         section: &str,
     ) -> impl Iterator<Item = &'file Entry> + use<'file> {
-        self.section(section)
-            .into_iter()
-            .flat_map(|section| section.entries.iter())
+        self.section(section).into_iter().flat_map(|section| section.entries.iter())
     }
 
     /// The effective values of a list-valued `key`: an empty assignment clears what came before.
@@ -615,10 +593,7 @@ impl UnitFile {
 
     /// The effective value of a single-valued `key`: the last one, unless that is a reset.
     pub fn value(&self, section: &str, key: &str) -> Option<&str> {
-        let last = self
-            .entries(section)
-            .filter(|entry| entry.key == key)
-            .last()?;
+        let last = self.entries(section).filter(|entry| entry.key == key).last()?;
         match last.value.as_str() {
             "" => None,
             value => Some(value),
@@ -638,18 +613,12 @@ impl UnitFile {
     }
 
     fn section(&self, section: &str) -> Option<&Section> {
-        self.sections
-            .iter()
-            .find(|candidate| candidate.name == section)
+        self.sections.iter().find(|candidate| candidate.name == section)
     }
 }
 
 fn line_of_offset(bytes: &[u8], offset: usize) -> usize {
-    bytes[..offset]
-        .iter()
-        .filter(|&&byte| byte == b'\n')
-        .count()
-        + 1
+    bytes[..offset].iter().filter(|&&byte| byte == b'\n').count() + 1
 }
 
 /// Whitespace as systemd strips it around keys, values and lines.
@@ -707,14 +676,9 @@ fn parse_sections(text: &str) -> Result<Vec<Section>, UnitError> {
         }
 
         if content.starts_with('[') {
-            let Some(name) = content
-                .strip_prefix('[')
-                .and_then(|rest| rest.strip_suffix(']'))
+            let Some(name) = content.strip_prefix('[').and_then(|rest| rest.strip_suffix(']'))
             else {
-                return Err(UnitError::UnterminatedSection {
-                    line,
-                    found: excerpt(content),
-                });
+                return Err(UnitError::UnterminatedSection { line, found: excerpt(content) });
             };
             if name.is_empty() {
                 return Err(UnitError::EmptySectionName { line });
@@ -722,10 +686,7 @@ fn parse_sections(text: &str) -> Result<Vec<Section>, UnitError> {
             let index = match sections.iter().position(|section| section.name == name) {
                 Some(index) => index,
                 None => {
-                    sections.push(Section {
-                        name: name.to_owned(),
-                        entries: Vec::new(),
-                    });
+                    sections.push(Section { name: name.to_owned(), entries: Vec::new() });
                     sections.len() - 1
                 }
             };
@@ -734,30 +695,17 @@ fn parse_sections(text: &str) -> Result<Vec<Section>, UnitError> {
         }
 
         let Some((key, value)) = content.split_once('=') else {
-            return Err(UnitError::Garbage {
-                line,
-                found: excerpt(content),
-            });
+            return Err(UnitError::Garbage { line, found: excerpt(content) });
         };
         let Some(index) = current else {
-            return Err(UnitError::OutsideSection {
-                line,
-                found: excerpt(content),
-            });
+            return Err(UnitError::OutsideSection { line, found: excerpt(content) });
         };
         let key = key.trim_matches(is_blank);
         if key.is_empty() {
-            return Err(UnitError::EmptyKey {
-                line,
-                found: excerpt(content),
-            });
+            return Err(UnitError::EmptyKey { line, found: excerpt(content) });
         }
         let value = value.trim_matches(is_blank);
-        let entry = Entry {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            line,
-        };
+        let entry = Entry { key: key.to_owned(), value: value.to_owned(), line };
         sections[index].entries.push(entry);
     }
     Ok(sections)
@@ -837,9 +785,7 @@ impl FleetOptions {
     /// True if a machine with this metadata satisfies every `MachineMetadata` key.
     pub fn matches_metadata(&self, metadata: &BTreeMap<String, String>) -> bool {
         self.metadata.iter().all(|(key, alternatives)| {
-            metadata
-                .get(key)
-                .is_some_and(|value| alternatives.contains(value))
+            metadata.get(key).is_some_and(|value| alternatives.contains(value))
         })
     }
 
@@ -885,10 +831,7 @@ pub fn verify(
 ) -> Result<(UnitName, UnitFile, FleetOptions), VerifyError> {
     let file_name = path_name.rsplit('/').next().unwrap_or(path_name);
     let name = UnitName::parse(file_name)?;
-    let in_unit = |error| VerifyError::Unit {
-        name: name.clone(),
-        error,
-    };
+    let in_unit = |error| VerifyError::Unit { name: name.clone(), error };
     let file = UnitFile::parse(&name, bytes).map_err(in_unit)?;
     let options = FleetOptions::from_unit(&name, &file).map_err(in_unit)?;
     Ok((name, file, options))
@@ -923,9 +866,7 @@ impl OptionKey {
             "X-Conflicts" => "Conflicts",
             other => other,
         };
-        OptionKey::ALL
-            .into_iter()
-            .find(|option| option.name() == key)
+        OptionKey::ALL.into_iter().find(|option| option.name() == key)
     }
 
     fn name(self) -> &'static str {
@@ -941,18 +882,13 @@ impl OptionKey {
 }
 
 fn unknown_option(entry: &Entry) -> UnitError {
-    let suggestion = OptionKey::ALL
-        .into_iter()
-        .find(|option| option.name().eq_ignore_ascii_case(&entry.key));
+    let suggestion =
+        OptionKey::ALL.into_iter().find(|option| option.name().eq_ignore_ascii_case(&entry.key));
     let hint = match suggestion {
         Some(option) => format!(" (did you mean {:?}?)", option.name()),
         None => String::new(),
     };
-    UnitError::UnknownOption {
-        line: entry.line,
-        key: entry.key.clone(),
-        hint,
-    }
+    UnitError::UnknownOption { line: entry.line, key: entry.key.clone(), hint }
 }
 
 /// What the specifiers of one unit expand to.
@@ -1012,27 +948,17 @@ impl Specifiers {
                 Some('i') => (self.instance.as_str(), true),
                 Some(specifier) => {
                     let value = entry.value.clone();
-                    return Err(UnitError::UnknownSpecifier {
-                        line: entry.line,
-                        specifier,
-                        value,
-                    });
+                    return Err(UnitError::UnknownSpecifier { line: entry.line, specifier, value });
                 }
                 None => {
                     let value = entry.value.clone();
-                    return Err(UnitError::LoneSpecifier {
-                        line: entry.line,
-                        value,
-                    });
+                    return Err(UnitError::LoneSpecifier { line: entry.line, value });
                 }
             };
             text.push_str(expansion);
             instance_dependent |= self.template && varies;
         }
-        Ok(Resolved {
-            text,
-            instance_dependent,
-        })
+        Ok(Resolved { text, instance_dependent })
     }
 }
 
@@ -1046,11 +972,7 @@ struct Located<T> {
 
 impl<T> Located<T> {
     fn new(value: T, line: usize, instance_dependent: bool) -> Located<T> {
-        Located {
-            value,
-            line,
-            instance_dependent,
-        }
+        Located { value, line, instance_dependent }
     }
 }
 
@@ -1103,11 +1025,7 @@ impl Collected {
                 for pattern in split_items(line, key, text)? {
                     if let Err(error) = Glob::new(&pattern) {
                         let reason = error.kind().to_string();
-                        return Err(UnitError::BadGlob {
-                            line,
-                            pattern,
-                            reason,
-                        });
+                        return Err(UnitError::BadGlob { line, pattern, reason });
                     }
                     self.conflicts.push(Located::new(pattern, line, dependent));
                 }
@@ -1144,10 +1062,7 @@ impl Collected {
             }
         }
 
-        for (key, targets) in [
-            ("MachineOf", &self.machine_of),
-            ("Replaces", &self.replaces),
-        ] {
+        for (key, targets) in [("MachineOf", &self.machine_of), ("Replaces", &self.replaces)] {
             for target in targets {
                 if target.value.is_template() {
                     let reason = format!(
@@ -1201,23 +1116,11 @@ impl Collected {
         }
         FleetOptions {
             machine_id: self.machine_id.map(|machine_id| machine_id.value),
-            machine_of: self
-                .machine_of
-                .into_iter()
-                .map(|target| target.value)
-                .collect(),
+            machine_of: self.machine_of.into_iter().map(|target| target.value).collect(),
             metadata,
-            conflicts: self
-                .conflicts
-                .into_iter()
-                .map(|pattern| pattern.value)
-                .collect(),
+            conflicts: self.conflicts.into_iter().map(|pattern| pattern.value).collect(),
             global: self.global.is_some_and(|global| global.value),
-            replaces: self
-                .replaces
-                .into_iter()
-                .map(|target| target.value)
-                .collect(),
+            replaces: self.replaces.into_iter().map(|target| target.value).collect(),
         }
     }
 }
@@ -1251,10 +1154,7 @@ fn set_once<T: PartialEq>(
 fn parse_machine_id(line: usize, value: &str) -> Result<String, UnitError> {
     let is_hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
     if value.is_empty() || value.len() > 32 || !value.chars().all(is_hex) {
-        return Err(UnitError::BadMachineId {
-            line,
-            value: value.to_owned(),
-        });
+        return Err(UnitError::BadMachineId { line, value: value.to_owned() });
     }
     Ok(value.to_owned())
 }
@@ -1263,20 +1163,12 @@ fn parse_bool(line: usize, key: OptionKey, value: &str) -> Result<bool, UnitErro
     match value.to_ascii_lowercase().as_str() {
         "true" | "yes" | "1" | "on" => Ok(true),
         "false" | "no" | "0" | "off" => Ok(false),
-        _ => Err(UnitError::BadBool {
-            line,
-            key: key.name(),
-            value: value.to_owned(),
-        }),
+        _ => Err(UnitError::BadBool { line, key: key.name(), value: value.to_owned() }),
     }
 }
 
 fn parse_unit_name(line: usize, key: OptionKey, item: &str) -> Result<UnitName, UnitError> {
-    UnitName::parse(item).map_err(|reason| UnitError::BadUnitName {
-        line,
-        key: key.name(),
-        reason,
-    })
+    UnitName::parse(item).map_err(|reason| UnitError::BadUnitName { line, key: key.name(), reason })
 }
 
 fn parse_metadata(line: usize, pair: String) -> Result<(String, String), UnitError> {
@@ -1286,11 +1178,7 @@ fn parse_metadata(line: usize, pair: String) -> Result<(String, String), UnitErr
         Some((_, "")) => "has an empty value",
         Some((key, value)) => return Ok((key.to_owned(), value.to_owned())),
     };
-    Err(UnitError::BadMetadata {
-        line,
-        pair,
-        problem,
-    })
+    Err(UnitError::BadMetadata { line, pair, problem })
 }
 
 /// Splits a list value at whitespace; double quotes group an item and are removed.
@@ -1319,11 +1207,7 @@ fn split_items(line: usize, key: OptionKey, value: &str) -> Result<Vec<String>, 
     }
     if quoted {
         let value = value.to_owned();
-        return Err(UnitError::UnterminatedQuote {
-            line,
-            key: key.name(),
-            value,
-        });
+        return Err(UnitError::UnterminatedQuote { line, key: key.name(), value });
     }
     if in_item {
         items.push(current);
@@ -1382,55 +1266,27 @@ mod tests {
             longest.as_str(),
         ];
         for case in cases {
-            assert_eq!(
-                UnitName::parse(case).map(String::from),
-                Ok(case.to_owned()),
-                "{case}"
-            );
+            assert_eq!(UnitName::parse(case).map(String::from), Ok(case.to_owned()), "{case}");
         }
     }
 
     #[test]
     fn name_validation_refusals_name_the_reason() {
-        let too_long = format!(
-            "{}.service",
-            "a".repeat(MAX_NAME_LEN + 1 - ".service".len())
-        );
+        let too_long = format!("{}.service", "a".repeat(MAX_NAME_LEN + 1 - ".service".len()));
         let suffixes = UNIT_SUFFIXES.join(" ");
         let cases = [
             ("", "unit name is empty".to_owned()),
-            (
-                too_long.as_str(),
-                "unit name is 256 bytes long (at most 255 allowed)".to_owned(),
-            ),
-            (
-                "a/b.service",
-                format!("unit name \"a/b.service\" contains '/' {ALLOWED}"),
-            ),
-            (
-                "../x.service",
-                format!("unit name \"../x.service\" contains '/' {ALLOWED}"),
-            ),
-            (
-                "a b.service",
-                format!("unit name \"a b.service\" contains ' ' {ALLOWED}"),
-            ),
-            (
-                "x.service\n",
-                format!("unit name \"x.service\\n\" contains '\\n' {ALLOWED}"),
-            ),
+            (too_long.as_str(), "unit name is 256 bytes long (at most 255 allowed)".to_owned()),
+            ("a/b.service", format!("unit name \"a/b.service\" contains '/' {ALLOWED}")),
+            ("../x.service", format!("unit name \"../x.service\" contains '/' {ALLOWED}")),
+            ("a b.service", format!("unit name \"a b.service\" contains ' ' {ALLOWED}")),
+            ("x.service\n", format!("unit name \"x.service\\n\" contains '\\n' {ALLOWED}")),
             (
                 "b\u{7}.service",
                 format!("unit name \"b\\u{{7}}.service\" contains '\\u{{7}}' {ALLOWED}"),
             ),
-            (
-                "wéb.service",
-                format!("unit name \"wéb.service\" contains 'é' {ALLOWED}"),
-            ),
-            (
-                "a..b.service",
-                "unit name \"a..b.service\" contains \"..\"".to_owned(),
-            ),
+            ("wéb.service", format!("unit name \"wéb.service\" contains 'é' {ALLOWED}")),
+            ("a..b.service", "unit name \"a..b.service\" contains \"..\"".to_owned()),
             (
                 "web",
                 format!("unit name \"web\" has no unit type suffix (expected one of {suffixes})"),
@@ -1448,26 +1304,14 @@ mod tests {
                      {suffixes})"
                 ),
             ),
-            (
-                ".service",
-                "unit name \".service\" has nothing before its suffix".to_owned(),
-            ),
+            (".service", "unit name \".service\" has nothing before its suffix".to_owned()),
             (
                 "web@@1.service",
                 "unit name \"web@@1.service\" contains more than one '@'".to_owned(),
             ),
-            (
-                "a@b@c.service",
-                "unit name \"a@b@c.service\" contains more than one '@'".to_owned(),
-            ),
-            (
-                "@.service",
-                "unit name \"@.service\" has nothing before '@'".to_owned(),
-            ),
-            (
-                "@1.service",
-                "unit name \"@1.service\" has nothing before '@'".to_owned(),
-            ),
+            ("a@b@c.service", "unit name \"a@b@c.service\" contains more than one '@'".to_owned()),
+            ("@.service", "unit name \"@.service\" has nothing before '@'".to_owned()),
+            ("@1.service", "unit name \"@1.service\" has nothing before '@'".to_owned()),
         ];
         for (input, expected) in cases {
             let error = UnitName::parse(input).expect_err(input);
@@ -1481,30 +1325,9 @@ mod tests {
         let cases = [
             ("web.service", ".service", "web", None, false, None),
             ("web@.service", ".service", "web", None, true, None),
-            (
-                "web@1.service",
-                ".service",
-                "web",
-                Some("1"),
-                false,
-                Some("web@.service"),
-            ),
-            (
-                "db@a.b.socket",
-                ".socket",
-                "db",
-                Some("a.b"),
-                false,
-                Some("db@.socket"),
-            ),
-            (
-                "app.v2.container",
-                ".container",
-                "app.v2",
-                None,
-                false,
-                None,
-            ),
+            ("web@1.service", ".service", "web", Some("1"), false, Some("web@.service")),
+            ("db@a.b.socket", ".socket", "db", Some("a.b"), false, Some("db@.socket")),
+            ("app.v2.container", ".container", "app.v2", None, false, None),
         ];
         for (input, suffix, prefix, instance, is_template, template) in cases {
             let unit = name(input);
@@ -1523,21 +1346,9 @@ mod tests {
         let cases = [
             ("web@.service", "1", Ok("web@1.service")),
             ("web@.service", "blue.eu", Ok("web@blue.eu.service")),
-            (
-                "web@.service",
-                "",
-                Err("instance name for template \"web@.service\" is empty"),
-            ),
-            (
-                "web.service",
-                "1",
-                Err("unit name \"web.service\" is not a template"),
-            ),
-            (
-                "web@1.service",
-                "2",
-                Err("unit name \"web@1.service\" is not a template"),
-            ),
+            ("web@.service", "", Err("instance name for template \"web@.service\" is empty")),
+            ("web.service", "1", Err("unit name \"web.service\" is not a template")),
+            ("web@1.service", "2", Err("unit name \"web@1.service\" is not a template")),
             (
                 "web@.service",
                 "a@b",
@@ -1566,19 +1377,13 @@ mod tests {
         assert_eq!(UnitName::deserialize(accepted), Ok(name("web@1.service")));
         let refused: StrDeserializer<'_, ValueError> = "web".into_deserializer();
         let error = UnitName::deserialize(refused).expect_err("no suffix");
-        assert!(
-            error.to_string().contains("has no unit type suffix"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("has no unit type suffix"), "{error}");
 
         let unit = name("web.service");
         assert_eq!(unit.to_string(), "web.service");
         assert_eq!(unit.as_ref(), "web.service");
         assert_eq!("web.service".parse::<UnitName>(), Ok(unit.clone()));
-        assert_eq!(
-            UnitName::try_from("web.service".to_owned()),
-            Ok(unit.clone())
-        );
+        assert_eq!(UnitName::try_from("web.service".to_owned()), Ok(unit.clone()));
         assert_eq!(String::from(unit), "web.service");
         assert!(UnitName::try_from("a b.service").is_err());
     }
@@ -1599,37 +1404,19 @@ mod tests {
 
         assert_eq!(unit_file.text(), text);
         assert_eq!(unit_file.name(), &name("test.service"));
-        assert_eq!(
-            unit_file.sections().collect::<Vec<_>>(),
-            ["Unit", "Service"]
-        );
+        assert_eq!(unit_file.sections().collect::<Vec<_>>(), ["Unit", "Service"]);
         assert!(unit_file.has_section("Service"));
         assert!(!unit_file.has_section("X-Fleet"));
-        assert_eq!(
-            unit_file.value("Unit", "Description"),
-            Some("the web server")
-        );
-        assert_eq!(
-            unit_file.value("Service", "ExecStart"),
-            Some("/bin/web --port=80")
-        );
+        assert_eq!(unit_file.value("Unit", "Description"), Some("the web server"));
+        assert_eq!(unit_file.value("Service", "ExecStart"), Some("/bin/web --port=80"));
         assert_eq!(unit_file.values("Service", "Environment"), ["A=1", "B=2"]);
-        assert_eq!(
-            unit_file.values("Missing", "Environment"),
-            Vec::<&str>::new()
-        );
+        assert_eq!(unit_file.values("Missing", "Environment"), Vec::<&str>::new());
 
         let entries: Vec<_> = unit_file
             .entries("Unit")
             .map(|entry| (entry.key.as_str(), entry.value.as_str(), entry.line))
             .collect();
-        assert_eq!(
-            entries,
-            [
-                ("Description", "the web server", 3),
-                ("After", "network.target", 5)
-            ]
-        );
+        assert_eq!(entries, [("Description", "the web server", 3), ("After", "network.target", 5)]);
     }
 
     #[test]
@@ -1639,20 +1426,12 @@ mod tests {
             ("whitespace is kept inside", "K=a \\\n  b", "a    b"),
             ("three lines", "K=a\\\nb\\\nc", "a b c"),
             ("hash comment inside is skipped", "K=a\\\n# note\nb", "a b"),
-            (
-                "semicolon comment inside is skipped",
-                "K=a\\\n  ; note\nb",
-                "a b",
-            ),
+            ("semicolon comment inside is skipped", "K=a\\\n  ; note\nb", "a b"),
             ("even backslashes do not continue", "K=a\\\\\nL=b", "a\\\\"),
             ("odd backslashes continue", "K=a\\\\\\\nb", "a\\\\ b"),
             ("continuation at end of file", "K=a\\", "a"),
             ("blank line ends it", "K=a\\\n\nL=b", "a"),
-            (
-                "space after backslash does not continue",
-                "K=a\\ \nL=b",
-                "a\\",
-            ),
+            ("space after backslash does not continue", "K=a\\ \nL=b", "a\\"),
             ("crlf endings", "K=a\\\r\nb\r\n", "a b"),
         ];
         for (behaviour, body, expected) in cases {
@@ -1664,10 +1443,8 @@ mod tests {
     #[test]
     fn entries_are_numbered_by_their_first_line() {
         let unit_file = file("[S]\nA=1\\\n# c\n2\nB=3\n");
-        let lines: Vec<_> = unit_file
-            .entries("S")
-            .map(|entry| (entry.key.as_str(), entry.line))
-            .collect();
+        let lines: Vec<_> =
+            unit_file.entries("S").map(|entry| (entry.key.as_str(), entry.line)).collect();
         assert_eq!(lines, [("A", 2), ("B", 5)]);
     }
 
@@ -1692,10 +1469,7 @@ mod tests {
         let (lf_file, crlf_file) = (file(lf), file(&crlf));
         assert_eq!(crlf_file.text(), crlf);
         for section in ["Unit", "Service"] {
-            assert!(
-                lf_file.entries(section).eq(crlf_file.entries(section)),
-                "{section}"
-            );
+            assert!(lf_file.entries(section).eq(crlf_file.entries(section)), "{section}");
         }
         assert_ne!(lf_file.hash(), crlf_file.hash());
     }
@@ -1738,18 +1512,12 @@ mod tests {
         let long_garbage = format!("[Unit]\n{}\n", "g".repeat(100));
         let cases: [(&[u8], String); 13] = [
             (b"", "unit file is empty".into()),
-            (
-                &oversized,
-                "unit file is 1048577 bytes (at most 1048576 allowed)".into(),
-            ),
+            (&oversized, "unit file is 1048577 bytes (at most 1048576 allowed)".into()),
             (
                 b"[Unit]\nA=b\0c\n",
                 "line 2: unit file contains a NUL byte at byte offset 10 (binary data?)".into(),
             ),
-            (
-                b"[Unit]\nA=\xff\n",
-                "line 2: unit file is not valid UTF-8 at byte offset 9".into(),
-            ),
+            (b"[Unit]\nA=\xff\n", "line 2: unit file is not valid UTF-8 at byte offset 9".into()),
             (b"\n\n# only comments\n", "unit file has no sections".into()),
             (
                 b"A=b\n[Unit]\n",
@@ -1774,18 +1542,9 @@ mod tests {
                 b"[Unit]\nA=b\n[Service\n",
                 "line 3: section header \"[Service\" is not closed by ']'".into(),
             ),
-            (
-                b"[Unit] # x\n",
-                "line 1: section header \"[Unit] # x\" is not closed by ']'".into(),
-            ),
-            (
-                b"[]\nA=b\n",
-                "line 1: section header \"[]\" has an empty name".into(),
-            ),
-            (
-                b"[Unit]\n = b\n",
-                "line 2: assignment \"= b\" has an empty key".into(),
-            ),
+            (b"[Unit] # x\n", "line 1: section header \"[Unit] # x\" is not closed by ']'".into()),
+            (b"[]\nA=b\n", "line 1: section header \"[]\" has an empty name".into()),
+            (b"[Unit]\n = b\n", "line 2: assignment \"= b\" has an empty key".into()),
         ];
         for (bytes, expected) in cases {
             let error = UnitFile::parse(&name("x.service"), bytes).expect_err(&expected);
@@ -1822,10 +1581,7 @@ mod tests {
         let unit_name = name("web.service");
         let unit_file =
             UnitFile::parse(&unit_name, b"[Service]\nExecStart=/bin/web\n").expect("parses");
-        assert_eq!(
-            FleetOptions::from_unit(&unit_name, &unit_file),
-            Ok(FleetOptions::default())
-        );
+        assert_eq!(FleetOptions::from_unit(&unit_name, &unit_file), Ok(FleetOptions::default()));
     }
 
     #[test]
@@ -1903,10 +1659,7 @@ mod tests {
     #[test]
     fn same_value_twice_is_not_a_conflict() {
         let machine_id = options_for("web.service", "MachineID=abc\nMachineID=abc");
-        assert_eq!(
-            machine_id.expect("same id twice").machine_id.as_deref(),
-            Some("abc")
-        );
+        assert_eq!(machine_id.expect("same id twice").machine_id.as_deref(), Some("abc"));
         let global = options_for("web.service", "Global=yes\nGlobal=true");
         assert!(global.expect("same boolean twice").global);
     }
@@ -1949,10 +1702,7 @@ mod tests {
             .iter()
             .map(|(key, values)| (key.as_str(), values[0].as_str()))
             .collect();
-        assert_eq!(
-            metadata,
-            [("a", "web.service"), ("b", "web"), ("c", "web"), ("d", "x")]
-        );
+        assert_eq!(metadata, [("a", "web.service"), ("b", "web"), ("c", "web"), ("d", "x")]);
     }
 
     #[test]
@@ -1970,57 +1720,29 @@ mod tests {
                 5,
                 "unknown [X-Fleet] option \"machineid\" (did you mean \"MachineID\"?)",
             ),
-            (
-                "MachineID=abc\nMachineID=abd",
-                6,
-                "MachineID is already set to \"abc\" on line 5",
-            ),
-            (
-                "Global=on\n\nGlobal=no",
-                7,
-                "Global is already set to \"true\" on line 5",
-            ),
+            ("MachineID=abc\nMachineID=abd", 6, "MachineID is already set to \"abc\" on line 5"),
+            ("Global=on\n\nGlobal=no", 7, "Global is already set to \"true\" on line 5"),
             (
                 "Global=maybe",
                 5,
                 "Global expects true/false, yes/no, 1/0 or on/off, found \"maybe\"",
             ),
-            (
-                "MachineMetadata=region",
-                5,
-                "MachineMetadata \"region\" is not key=value",
-            ),
-            (
-                "MachineMetadata==eu",
-                5,
-                "MachineMetadata \"=eu\" has an empty key",
-            ),
-            (
-                "MachineMetadata=a=b region=",
-                5,
-                "MachineMetadata \"region=\" has an empty value",
-            ),
+            ("MachineMetadata=region", 5, "MachineMetadata \"region\" is not key=value"),
+            ("MachineMetadata==eu", 5, "MachineMetadata \"=eu\" has an empty key"),
+            ("MachineMetadata=a=b region=", 5, "MachineMetadata \"region=\" has an empty value"),
             (
                 "MachineMetadata=\"region=eu",
                 5,
                 "MachineMetadata value \"\\\"region=eu\" has an unterminated quote",
             ),
-            (
-                "MachineID=ABC",
-                5,
-                "MachineID \"ABC\" is not 1 to 32 lowercase hexadecimal digits",
-            ),
+            ("MachineID=ABC", 5, "MachineID \"ABC\" is not 1 to 32 lowercase hexadecimal digits"),
             (
                 "MachineID=0123456789abcdef0123456789abcdef0",
                 5,
                 "MachineID \"0123456789abcdef0123456789abcdef0\" is not 1 to 32 lowercase \
                  hexadecimal digits",
             ),
-            (
-                "MachineOf=a/b.service",
-                5,
-                &format!("invalid MachineOf value: {bad_name}"),
-            ),
+            ("MachineOf=a/b.service", 5, &format!("invalid MachineOf value: {bad_name}")),
             (
                 "Replaces=@.service",
                 5,
@@ -2042,19 +1764,11 @@ mod tests {
                 5,
                 "\"a=5%\" ends in a lone '%' (write %% for a literal percent sign)",
             ),
-            (
-                "MachineOf=a.service \\\n  b\n",
-                5,
-                &format!("invalid MachineOf value: {no_suffix}"),
-            ),
+            ("MachineOf=a.service \\\n  b\n", 5, &format!("invalid MachineOf value: {no_suffix}")),
         ];
         for (fleet_lines, line, message) in cases {
             let expected = format!("line {line}: {message}");
-            assert_eq!(
-                error_for("web.service", fleet_lines),
-                expected,
-                "{fleet_lines:?}"
-            );
+            assert_eq!(error_for("web.service", fleet_lines), expected, "{fleet_lines:?}");
         }
     }
 
@@ -2062,26 +1776,10 @@ mod tests {
     fn unsatisfiable_combinations_are_refused() {
         // (X-Fleet lines, line of the error, reason)
         let cases = [
-            (
-                "Global=true\nMachineOf=db.service",
-                6,
-                "Global=true rules out MachineOf",
-            ),
-            (
-                "Replaces=old.service\nGlobal=true",
-                6,
-                "Global=true rules out Replaces",
-            ),
-            (
-                "Global=true\nMachineID=abc",
-                6,
-                "Global=true rules out MachineID",
-            ),
-            (
-                "MachineOf=web.service",
-                5,
-                "MachineOf names the unit itself",
-            ),
+            ("Global=true\nMachineOf=db.service", 6, "Global=true rules out MachineOf"),
+            ("Replaces=old.service\nGlobal=true", 6, "Global=true rules out Replaces"),
+            ("Global=true\nMachineID=abc", 6, "Global=true rules out MachineID"),
+            ("MachineOf=web.service", 5, "MachineOf names the unit itself"),
             ("Replaces=%n", 5, "Replaces names the unit itself"),
             (
                 "MachineOf=db.service\nConflicts=db*",
@@ -2111,25 +1809,15 @@ mod tests {
         ];
         for (fleet_lines, line, reason) in cases {
             let expected = format!("line {line}: unit can never be placed: {reason}");
-            assert_eq!(
-                error_for("web.service", fleet_lines),
-                expected,
-                "{fleet_lines:?}"
-            );
+            assert_eq!(error_for("web.service", fleet_lines), expected, "{fleet_lines:?}");
         }
     }
 
     #[test]
     fn satisfiable_neighbours_of_the_refused_combinations_are_accepted() {
         let cases = [
-            (
-                "a Conflicts glob matching the unit itself",
-                "Conflicts=web*",
-            ),
-            (
-                "Global=false with MachineOf",
-                "Global=false\nMachineOf=db.service",
-            ),
+            ("a Conflicts glob matching the unit itself", "Conflicts=web*"),
+            ("Global=false with MachineOf", "Global=false\nMachineOf=db.service"),
             (
                 "Global with metadata and Conflicts",
                 "Global=true\nMachineMetadata=a=b\nConflicts=x*",
@@ -2144,10 +1832,7 @@ mod tests {
             ),
         ];
         for (behaviour, fleet_lines) in cases {
-            assert!(
-                options_for("web.service", fleet_lines).is_ok(),
-                "{behaviour}"
-            );
+            assert!(options_for("web.service", fleet_lines).is_ok(), "{behaviour}");
         }
     }
 
@@ -2155,22 +1840,13 @@ mod tests {
     fn template_files_check_syntax_but_leave_instance_checks_to_instances() {
         let accepted = [
             ("%n is the instance itself", "MachineOf=%n"),
-            (
-                "only instance 1 would name itself",
-                "MachineOf=web@1.service",
-            ),
+            ("only instance 1 would name itself", "MachineOf=web@1.service"),
             ("MachineID from the instance", "MachineID=%i"),
-            (
-                "target and pattern differ per instance",
-                "MachineOf=db@%i.service\nConflicts=db@1*",
-            ),
+            ("target and pattern differ per instance", "MachineOf=db@%i.service\nConflicts=db@1*"),
             ("metadata from the instance", "MachineMetadata=host=%i"),
         ];
         for (behaviour, fleet_lines) in accepted {
-            assert!(
-                options_for("web@.service", fleet_lines).is_ok(),
-                "{behaviour}"
-            );
+            assert!(options_for("web@.service", fleet_lines).is_ok(), "{behaviour}");
         }
 
         let refused = [
@@ -2179,10 +1855,7 @@ mod tests {
                 "line 5: Global expects true/false, yes/no, 1/0 or on/off, found \"maybe\"",
             ),
             ("Bogus=%i", "line 5: unknown [X-Fleet] option \"Bogus\""),
-            (
-                "MachineOf=%q",
-                "line 5: unknown specifier \"%q\" in \"%q\" (known: %n %N %p %i %%)",
-            ),
+            ("MachineOf=%q", "line 5: unknown specifier \"%q\" in \"%q\" (known: %n %N %p %i %%)"),
             (
                 "Global=true\nMachineOf=db.service",
                 "line 6: unit can never be placed: Global=true rules out MachineOf",
@@ -2194,11 +1867,7 @@ mod tests {
             ),
         ];
         for (fleet_lines, expected) in refused {
-            assert_eq!(
-                error_for("web@.service", fleet_lines),
-                expected,
-                "{fleet_lines:?}"
-            );
+            assert_eq!(error_for("web@.service", fleet_lines), expected, "{fleet_lines:?}");
         }
 
         let instance_error = error_for("web@1.service", "MachineOf=web@1.service");
@@ -2220,27 +1889,17 @@ mod tests {
         assert!(FleetOptions::default().matches_machine_id("anything"));
 
         let machine = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs
-                .iter()
-                .map(|&(key, value)| (key.to_owned(), value.to_owned()))
-                .collect()
+            pairs.iter().map(|&(key, value)| (key.to_owned(), value.to_owned())).collect()
         };
         let cases = [
             (machine(&[("region", "eu"), ("disk", "ssd")]), true),
-            (
-                machine(&[("region", "us"), ("disk", "ssd"), ("extra", "x")]),
-                true,
-            ),
+            (machine(&[("region", "us"), ("disk", "ssd"), ("extra", "x")]), true),
             (machine(&[("region", "mars"), ("disk", "ssd")]), false),
             (machine(&[("region", "eu")]), false),
             (machine(&[]), false),
         ];
         for (metadata, expected) in cases {
-            assert_eq!(
-                options.matches_metadata(&metadata),
-                expected,
-                "{metadata:?}"
-            );
+            assert_eq!(options.matches_metadata(&metadata), expected, "{metadata:?}");
         }
     }
 

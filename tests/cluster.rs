@@ -12,9 +12,7 @@ const SLEEPER: &str =
     "[Unit]\nDescription=test sleeper\n\n[Service]\nExecStart=/bin/sleep infinity\n";
 
 fn names(template: &str, range: std::ops::RangeInclusive<u32>) -> Vec<String> {
-    range
-        .map(|i| template.replace("@.", &format!("@{i}.")))
-        .collect()
+    range.map(|i| template.replace("@.", &format!("@{i}."))).collect()
 }
 
 fn with<'a>(verb: &'a str, units: &'a [String]) -> Vec<&'a str> {
@@ -41,21 +39,9 @@ fn twelve_units_spread_four_per_host() {
     }
     assert_eq!(per_machine.values().copied().collect::<Vec<_>>(), [4, 4, 4]);
     for host in HOSTS {
-        let listed = s.host(
-            host,
-            &[
-                "systemctl",
-                "list-units",
-                "--no-legend",
-                "--state=active",
-                "spread@*",
-            ],
-        );
-        assert_eq!(
-            listed.lines().count(),
-            4,
-            "systemd on {host} runs:\n{listed}"
-        );
+        let listed =
+            s.host(host, &["systemctl", "list-units", "--no-legend", "--state=active", "spread@*"]);
+        assert_eq!(listed.lines().count(), 4, "systemd on {host} runs:\n{listed}");
     }
     s.ok(&["destroy", "spread@*"]);
 }
@@ -110,33 +96,22 @@ fn conflicts_keep_instances_apart_and_an_unplaceable_start_says_why() {
     let files = s.unit_files(&[("excl@.service", &excl), ("nowhere.service", &nowhere)]);
     s.ok(&["submit", &files[0]]);
     s.ok(&with("start", &names("excl@.service", 1..=3)));
-    let mut hosts: Vec<&str> = (1..=3)
-        .flat_map(|i| s.active_on(&format!("excl@{i}.service")))
-        .collect();
+    let mut hosts: Vec<&str> =
+        (1..=3).flat_map(|i| s.active_on(&format!("excl@{i}.service"))).collect();
     hosts.sort();
     assert_eq!(hosts, HOSTS);
 
     let fourth = s.flotctl(&["start", "excl@4.service", "--timeout", "20s"]);
     assert_ne!(fourth.code, 0);
-    assert!(
-        fourth.stderr.contains("cannot be placed"),
-        "{}",
-        fourth.stderr
-    );
+    assert!(fourth.stderr.contains("cannot be placed"), "{}", fourth.stderr);
     assert!(fourth.stderr.contains("conflict"), "{}", fourth.stderr);
 
     let mars = s.flotctl(&["start", &files[1], "--timeout", "20s"]);
     assert_ne!(mars.code, 0);
     assert!(mars.stderr.contains("region=mars"), "{}", mars.stderr);
     let listing = s.ok(&["list-unit-files"]);
-    let row = listing
-        .lines()
-        .find(|l| l.starts_with("nowhere.service"))
-        .unwrap();
-    assert!(
-        row.contains("region=mars"),
-        "list-unit-files shows no reason: {row}"
-    );
+    let row = listing.lines().find(|l| l.starts_with("nowhere.service")).unwrap();
+    assert!(row.contains("region=mars"), "list-unit-files shows no reason: {row}");
     s.ok(&["destroy", "excl@*", "nowhere.service"]);
 }
 
@@ -146,10 +121,8 @@ fn global_units_run_on_every_matching_host() {
     s.cleanup(&["everywhere.service", "easterly.service"]);
     let everywhere = format!("{SLEEPER}\n[X-Fleet]\nGlobal=true\n");
     let easterly = format!("{SLEEPER}\n[X-Fleet]\nGlobal=true\nMachineMetadata=region=east\n");
-    let files = s.unit_files(&[
-        ("everywhere.service", &everywhere),
-        ("easterly.service", &easterly),
-    ]);
+    let files =
+        s.unit_files(&[("everywhere.service", &everywhere), ("easterly.service", &easterly)]);
     s.ok(&with("start", &files));
     let mut on = s.active_on("everywhere.service");
     on.sort();
@@ -175,14 +148,10 @@ fn replaces_takes_the_host_and_moves_the_other_unit_away() {
     let old_host = s.active_on("old.service")[0];
     s.ok(&["start", &files[1]]);
     assert_eq!(s.active_on("new.service"), [old_host]);
-    let moved = s.wait_for(
-        "old.service active elsewhere",
-        Duration::from_secs(20),
-        || {
-            let on = s.active_on("old.service");
-            (on.len() == 1 && on[0] != old_host).then_some(on[0])
-        },
-    );
+    let moved = s.wait_for("old.service active elsewhere", Duration::from_secs(20), || {
+        let on = s.active_on("old.service");
+        (on.len() == 1 && on[0] != old_host).then_some(on[0])
+    });
     assert_ne!(moved, old_host);
     let _ = host1;
     s.ok(&["destroy", "old.service", "new.service"]);
@@ -203,10 +172,7 @@ fn template_instances_resolve_specifiers() {
     // And from the template already in the cluster.
     s.ok(&["start", "geo@east.service"]);
     let on = s.active_on("geo@east.service");
-    assert!(
-        on == ["flotilla-host1"] || on == ["flotilla-host3"],
-        "{on:?}"
-    );
+    assert!(on == ["flotilla-host1"] || on == ["flotilla-host3"], "{on:?}");
     s.ok(&["destroy", "geo@*"]);
 }
 
@@ -222,11 +188,7 @@ fn stop_unload_and_destroy_leave_no_trace() {
     s.ok(&["stop", "trace.service"]);
     assert_eq!(s.systemd_state(host, "trace.service").0, "inactive");
     // stop waited for ExecStop to finish.
-    assert!(
-        s.host_output(host, &["test", "-e", "/run/trace-stopped"])
-            .status
-            .success()
-    );
+    assert!(s.host_output(host, &["test", "-e", "/run/trace-stopped"]).status.success());
     // Stopping a stopped unit is not an error.
     s.ok(&["stop", "trace.service"]);
 
@@ -234,45 +196,25 @@ fn stop_unload_and_destroy_leave_no_trace() {
     for h in HOSTS {
         assert_eq!(s.traces_on(h, "trace.service"), Vec::<String>::new());
     }
-    let keys: Vec<String> = s
-        .etcd_dump()
-        .into_keys()
-        .filter(|k| k.contains("trace.service"))
-        .collect();
-    assert_eq!(
-        keys,
-        [
-            "/flotilla/desired/trace.service",
-            "/flotilla/units/trace.service"
-        ]
-    );
+    let keys: Vec<String> =
+        s.etcd_dump().into_keys().filter(|k| k.contains("trace.service")).collect();
+    assert_eq!(keys, ["/flotilla/desired/trace.service", "/flotilla/units/trace.service"]);
 
     s.ok(&["start", "trace.service"]);
     let host = s.active_on("trace.service")[0];
     s.host(host, &["rm", "-f", "/run/trace-stopped"]);
     s.ok(&["destroy", "trace.service"]);
-    assert!(
-        s.host_output(host, &["test", "-e", "/run/trace-stopped"])
-            .status
-            .success()
-    );
+    assert!(s.host_output(host, &["test", "-e", "/run/trace-stopped"]).status.success());
     for h in HOSTS {
         assert_eq!(s.traces_on(h, "trace.service"), Vec::<String>::new());
     }
-    let keys: Vec<String> = s
-        .etcd_dump()
-        .into_keys()
-        .filter(|k| k.contains("trace.service"))
-        .collect();
+    let keys: Vec<String> =
+        s.etcd_dump().into_keys().filter(|k| k.contains("trace.service")).collect();
     assert_eq!(keys, Vec::<String>::new());
 
     let missing = s.flotctl(&["destroy", "trace.service"]);
     assert_ne!(missing.code, 0);
-    assert!(
-        missing.stderr.contains("does not exist"),
-        "{}",
-        missing.stderr
-    );
+    assert!(missing.stderr.contains("does not exist"), "{}", missing.stderr);
 }
 
 /// Starts one unit per host and returns the host of the first.
@@ -305,11 +247,8 @@ fn wait_moved(s: &common::Scenario, units: &[String], gone: &str, timeout: Durat
 fn a_killed_host_loses_its_units_to_the_survivors_and_rejoins() {
     let s = scenario();
     let (units, victim) = one_per_host(&s, "hard@.service");
-    let on_victim: Vec<String> = units
-        .iter()
-        .filter(|u| s.active_on(u) == [victim])
-        .cloned()
-        .collect();
+    let on_victim: Vec<String> =
+        units.iter().filter(|u| s.active_on(u) == [victim]).cloned().collect();
 
     s.docker(&["kill", victim]);
     let took = wait_moved(&s, &on_victim, victim, TTL * 2 + Duration::from_secs(5));
@@ -317,11 +256,9 @@ fn a_killed_host_loses_its_units_to_the_survivors_and_rejoins() {
 
     s.docker(&["start", victim]);
     s.ensure_host_up(victim);
-    s.wait_for(
-        "the host back in list-machines",
-        Duration::from_secs(60),
-        || s.machines().contains(&s.machine_id(victim)).then_some(()),
-    );
+    s.wait_for("the host back in list-machines", Duration::from_secs(60), || {
+        s.machines().contains(&s.machine_id(victim)).then_some(())
+    });
     // New work goes to the rejoined host, the least loaded one.
     let more = names("hard@.service", 4..=4);
     s.ok(&with("start", &more));
@@ -359,10 +296,7 @@ fn killing_the_engine_host_loses_no_placement() {
 
     s.docker(&["kill", victim]);
     let fresh = names("eng@.service", 4..=6);
-    s.ok(&with("start", &fresh)
-        .into_iter()
-        .chain(["--no-block"])
-        .collect::<Vec<_>>());
+    s.ok(&with("start", &fresh).into_iter().chain(["--no-block"]).collect::<Vec<_>>());
     let all: Vec<String> = units.iter().chain(&fresh).cloned().collect();
     wait_moved(&s, &all, victim, TTL * 2 + Duration::from_secs(10));
     let engine: serde_json::Value =
@@ -386,32 +320,18 @@ fn a_flotd_killed_and_restarted_within_the_ttl_keeps_units_running() {
         })
         .collect();
 
-    let flotd_pid = s.host(
-        host,
-        &["systemctl", "show", "-p", "MainPID", "--value", "flotd"],
-    );
+    let flotd_pid = s.host(host, &["systemctl", "show", "-p", "MainPID", "--value", "flotd"]);
     s.host(host, &["kill", "-9", &flotd_pid]);
-    s.wait_for(
-        "flotd restarted by systemd",
-        Duration::from_secs(10),
-        || {
-            let pid = s.host(
-                host,
-                &["systemctl", "show", "-p", "MainPID", "--value", "flotd"],
-            );
-            (pid != flotd_pid && pid != "0").then_some(())
-        },
-    );
+    s.wait_for("flotd restarted by systemd", Duration::from_secs(10), || {
+        let pid = s.host(host, &["systemctl", "show", "-p", "MainPID", "--value", "flotd"]);
+        (pid != flotd_pid && pid != "0").then_some(())
+    });
     // Give the restarted agent time to converge; it must find nothing to change.
     std::thread::sleep(TTL + Duration::from_secs(2));
 
     for (unit, (on, pid)) in units.iter().zip(&before) {
         assert_eq!(s.active_on(unit), [on.as_str()], "{unit} moved");
-        assert_eq!(
-            s.systemd_state(on, unit),
-            ("active".to_string(), *pid),
-            "{unit} restarted"
-        );
+        assert_eq!(s.systemd_state(on, unit), ("active".to_string(), *pid), "{unit} restarted");
     }
     s.ok(&["destroy", "keep@*"]);
 }
@@ -423,23 +343,11 @@ fn a_malformed_unit_is_refused_and_etcd_is_unchanged() {
     let before = s.etcd_dump();
     let big = format!("[Service]\nExecStart=/bin/true\n#{}\n", "x".repeat(1 << 20));
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        (
-            "garbage.service",
-            b"[Service]\nExecStart=/bin/true\nnonsense\n".to_vec(),
-            "line 3",
-        ),
-        (
-            "nosection.service",
-            b"ExecStart=/bin/true\n".to_vec(),
-            "line 1",
-        ),
+        ("garbage.service", b"[Service]\nExecStart=/bin/true\nnonsense\n".to_vec(), "line 3"),
+        ("nosection.service", b"ExecStart=/bin/true\n".to_vec(), "line 1"),
         ("empty.service", Vec::new(), "empty"),
         ("binary.service", b"[Service]\n\x00\x01\x02".to_vec(), "NUL"),
-        (
-            "latin1.service",
-            b"[Unit]\nDescription=caf\xe9\n".to_vec(),
-            "UTF-8",
-        ),
+        ("latin1.service", b"[Unit]\nDescription=caf\xe9\n".to_vec(), "UTF-8"),
         ("big.service", big.into_bytes(), "1 MiB"),
         (
             "fleet.service",
@@ -451,16 +359,8 @@ fn a_malformed_unit_is_refused_and_etcd_is_unchanged() {
             b"[Service]\nExecStart=/bin/true\n[X-Fleet]\nMachineOf=self.service\n".to_vec(),
             "itself",
         ),
-        (
-            "bad name.service",
-            b"[Service]\nExecStart=/bin/true\n".to_vec(),
-            "' '",
-        ),
-        (
-            "noext",
-            b"[Service]\nExecStart=/bin/true\n".to_vec(),
-            "suffix",
-        ),
+        ("bad name.service", b"[Service]\nExecStart=/bin/true\n".to_vec(), "' '"),
+        ("noext", b"[Service]\nExecStart=/bin/true\n".to_vec(), "suffix"),
     ];
     let dir = common::root().join("target/test-units/malformed");
     std::fs::create_dir_all(&dir).unwrap();
@@ -477,14 +377,183 @@ fn a_malformed_unit_is_refused_and_etcd_is_unchanged() {
             "{name}: error does not mention {expected:?}: {}",
             run.stderr
         );
-        assert_eq!(
-            run.stderr.trim().lines().count(),
-            1,
-            "{name}: not one line: {}",
-            run.stderr
-        );
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{name}: not one line: {}", run.stderr);
         let verify = s.flotctl(&["verify", &path]);
         assert_ne!(verify.code, 0, "verify accepted {name}");
     }
     assert_eq!(s.etcd_dump(), before);
+}
+
+#[test]
+fn a_unit_systemd_rejects_is_reported_and_does_not_block_the_others() {
+    let s = scenario();
+    let bad = "[Service]\nExecStart=relative/path\n";
+    let files = s.unit_files(&[
+        ("rejected.service", bad),
+        ("fine1.service", SLEEPER),
+        ("fine2.service", SLEEPER),
+    ]);
+    let run = s.flotctl(
+        &with("start", &files).into_iter().chain(["--timeout", "20s"]).collect::<Vec<_>>(),
+    );
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("rejected.service"), "{}", run.stderr);
+    s.ok(&["start", "fine1.service", "fine2.service"]);
+    assert_eq!(s.active_on("fine1.service").len(), 1);
+    assert_eq!(s.active_on("fine2.service").len(), 1);
+    let status = s.ok(&["status", "rejected.service"]);
+    assert!(status.contains("Loaded: bad-setting"), "{status}");
+    s.ok(&["destroy", "rejected.service", "fine1.service", "fine2.service"]);
+    for host in HOSTS {
+        assert!(s.traces_on(host, "rejected.service").is_empty());
+    }
+}
+
+#[test]
+fn a_failing_unit_is_restarted_with_backoff_and_the_count_is_shown() {
+    let s = scenario();
+    let files = s.unit_files(&[("flaky.service", "[Service]\nExecStart=/bin/false\n")]);
+    let run = s.flotctl(&["start", &files[0], "--timeout", "20s"]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("failed"), "{}", run.stderr);
+    s.wait_for("two restarts after failure", Duration::from_secs(15), || {
+        let json = s.ok(&["status", "flaky.service", "-o", "json"]);
+        let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let retries = status["flaky.service"]["states"][0]["retries"].as_u64().unwrap_or(0);
+        (retries >= 2).then_some(())
+    });
+    let status = s.ok(&["status", "flaky.service"]);
+    assert!(status.contains("Restarts after failure:"), "{status}");
+    assert!(status.contains("failed"), "{status}");
+    s.ok(&["destroy", "flaky.service"]);
+}
+
+#[test]
+fn an_install_section_enables_the_unit_for_this_boot() {
+    let s = scenario();
+    let unit = format!("{SLEEPER}\n[Install]\nWantedBy=multi-user.target\n");
+    let files = s.unit_files(&[("installed.service", &unit)]);
+    s.ok(&["start", &files[0]]);
+    let host = s.active_on("installed.service")[0];
+    let link = "/run/systemd/system/multi-user.target.wants/installed.service";
+    assert!(s.host_output(host, &["test", "-L", link]).status.success(), "{link} missing");
+    let enabled = s.host(host, &["systemctl", "is-enabled", "installed.service"]);
+    assert_eq!(enabled, "enabled-runtime");
+    s.ok(&["destroy", "installed.service"]);
+    assert!(!s.host_output(host, &["test", "-L", link]).status.success(), "{link} left behind");
+}
+
+#[test]
+fn a_unit_file_no_claim_backs_is_stopped_and_removed() {
+    let s = scenario();
+    let host = "flotilla-host1";
+    let file = "/run/flotilla/units/orphan.service";
+    s.host(
+        host,
+        &["sh", "-c", &format!("printf '[Service]\\nExecStart=/bin/sleep infinity\\n' > {file}")],
+    );
+    s.host(host, &["systemctl", "link", "--runtime", file]);
+    s.host(host, &["systemctl", "start", "orphan.service"]);
+    s.host(host, &["systemctl", "restart", "flotd"]);
+    s.wait_for("the orphan gone", Duration::from_secs(20), || {
+        s.traces_on(host, "orphan.service").is_empty().then_some(())
+    });
+}
+
+#[test]
+fn destroying_and_at_once_resubmitting_gives_a_clean_new_life() {
+    let s = scenario();
+    let first = s.unit_files(&[("life.service", SLEEPER)]);
+    s.ok(&["start", &first[0]]);
+    let second_text = SLEEPER.replace("test sleeper", "second life");
+    let second = s.unit_files(&[("life.service", &second_text)]);
+    s.ok(&["destroy", "--no-block", "life.service"]);
+    s.ok(&["start", &second[0]]);
+
+    let listing = s.ok(&["list-unit-files", "--full", "--no-legend", "--fields", "unit,hash"]);
+    let hash = listing.split_whitespace().nth(1).unwrap().to_string();
+    let running: Vec<&str> =
+        HOSTS.into_iter().filter(|h| s.systemd_state(h, "life.service").0 == "active").collect();
+    assert_eq!(running.len(), 1, "life.service runs on {running:?}");
+    let description =
+        s.host(running[0], &["systemctl", "show", "-p", "Description", "--value", "life.service"]);
+    assert_eq!(description, "second life");
+    let json = s.ok(&["status", "life.service", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(status["life.service"]["states"][0]["hash"], hash.as_str());
+    s.ok(&["destroy", "life.service"]);
+}
+
+#[test]
+fn a_second_host_with_the_same_machine_id_is_refused() {
+    let s = scenario();
+    let host1 = s.machine_id("flotilla-host1");
+    let script = format!(
+        "set -a; . /etc/flotilla/flotd.env; echo {host1} > /tmp/dup-id; \
+         FLOTD_MACHINE_ID_FILE=/tmp/dup-id FLOTD_RUNTIME_DIR=/tmp/dup-run FLOTD_TTL=3 \
+         FLOTD_PUBLIC_IP=10.9.9.9 exec timeout 60 /usr/local/bin/flotd"
+    );
+    let out = s.host_output("flotilla-host2", &["sh", "-c", &script]);
+    let logs =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{logs}");
+    assert!(logs.contains("already registered by another live host"), "{logs}");
+    assert!(logs.contains("172.31.90.21"), "the error does not name the other host: {logs}");
+    let machines = s.ok(&["list-machines", "--full", "--no-legend", "--fields", "machine,ip"]);
+    let row = machines.lines().find(|l| l.starts_with(&host1)).unwrap();
+    assert!(row.ends_with("172.31.90.21"), "host1's record was overwritten: {row}");
+}
+
+#[test]
+fn a_planned_restart_of_flotd_keeps_units_and_lease() {
+    let s = scenario();
+    let host = "flotilla-host1";
+    // The flag is read at start: the running agent must have been started with it.
+    let dropin = "/run/systemd/system/flotd.service.d";
+    s.host(host, &["mkdir", "-p", dropin]);
+    let conf = format!(
+        "printf '[Service]\\nEnvironment=FLOTD_KEEP_UNITS_ON_EXIT=true\\n' > {dropin}/keep.conf"
+    );
+    s.host(host, &["sh", "-c", &conf]);
+    s.host(host, &["systemctl", "daemon-reload"]);
+    s.host(host, &["systemctl", "restart", "flotd"]);
+    s.wait_for("three machines", Duration::from_secs(20), || {
+        (s.machines().len() == 3).then_some(())
+    });
+
+    let (units, _) = one_per_host(&s, "planned@.service");
+    let unit = units.iter().find(|u| s.active_on(u) == [host]).unwrap().clone();
+    let pid = s.systemd_state(host, &unit).1;
+    s.host(host, &["systemctl", "restart", "flotd"]);
+    std::thread::sleep(TTL + Duration::from_secs(2));
+    assert_eq!(s.active_on(&unit), [host]);
+    assert_eq!(s.systemd_state(host, &unit), ("active".to_string(), pid));
+    s.host(host, &["rm", "-rf", dropin]);
+    s.host(host, &["systemctl", "daemon-reload"]);
+    s.ok(&["destroy", "planned@*"]);
+}
+
+#[test]
+fn replace_updates_a_running_unit_and_is_required_for_a_changed_file() {
+    let s = scenario();
+    let first = s.unit_files(&[("swap.service", SLEEPER)]);
+    s.ok(&["start", &first[0]]);
+    let host = s.active_on("swap.service")[0];
+    let changed = SLEEPER.replace("test sleeper", "replaced sleeper");
+    let second = s.unit_files(&[("swap.service", &changed)]);
+
+    let refused = s.flotctl(&["start", &second[0]]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("--replace"), "{}", refused.stderr);
+    assert_eq!(s.ok(&["cat", "swap.service"]), SLEEPER);
+
+    s.ok(&["start", "--replace", &second[0]]);
+    assert_eq!(s.ok(&["cat", "swap.service"]), changed);
+    s.wait_for("the new file running", Duration::from_secs(20), || {
+        let d =
+            s.host(host, &["systemctl", "show", "-p", "Description", "--value", "swap.service"]);
+        (d == "replaced sleeper" && s.systemd_state(host, "swap.service").0 == "active")
+            .then_some(())
+    });
+    s.ok(&["destroy", "swap.service"]);
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use flotilla::agent::{self, AgentConfig};
+use flotilla::cli::parse_seconds;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -48,13 +49,6 @@ struct Args {
     stop_timeout: Duration,
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    match text.parse::<u64>() {
-        Ok(seconds) => Ok(Duration::from_secs(seconds)),
-        Err(_) => humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}")),
-    }
-}
-
 fn config(args: Args) -> anyhow::Result<AgentConfig> {
     Ok(AgentConfig {
         endpoints: args.endpoints,
@@ -72,21 +66,22 @@ fn config(args: Args) -> anyhow::Result<AgentConfig> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOTD_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(false)
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("FLOTD_LOG").unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    // Under systemd the journal stamps every line already; a second timestamp is noise.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
 
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
             return;
         };
         tokio::select! {

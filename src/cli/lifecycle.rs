@@ -21,11 +21,8 @@ async fn prepare(store: &Store, args: &[String], replace: bool) -> anyhow::Resul
         to_submit.push((file.name, file.text));
     }
     let view = View::read(store).await?;
-    let (mut resolved, instances) = if names.is_empty() {
-        (Vec::new(), Vec::new())
-    } else {
-        resolve(&view, &names)?
-    };
+    let (mut resolved, instances) =
+        if names.is_empty() { (Vec::new(), Vec::new()) } else { resolve(&view, &names)? };
     to_submit.extend(instances);
     if !to_submit.is_empty() {
         let all: Vec<_> = templates.iter().chain(&to_submit).cloned().collect();
@@ -37,15 +34,22 @@ async fn prepare(store: &Store, args: &[String], replace: bool) -> anyhow::Resul
     Ok(resolved)
 }
 
-fn refuse_templates(names: &[UnitName]) -> anyhow::Result<()> {
-    if let Some(template) = names.iter().find(|n| n.is_template()) {
-        let example = template
-            .instantiate("1")
-            .map(|n| n.to_string())
-            .unwrap_or_default();
-        bail!("{template} is a template; name an instance such as {example}");
+/// Drops templates a glob matched and refuses templates named outright: a template is never
+/// placed, only its instances are.
+fn without_templates(names: Vec<UnitName>, args: &[String]) -> anyhow::Result<Vec<UnitName>> {
+    for template in names.iter().filter(|n| n.is_template()) {
+        let named =
+            args.iter().any(|a| a == template.as_str() || a.ends_with(&format!("/{template}")));
+        if named {
+            let example = template.instantiate("1").map(|n| n.to_string()).unwrap_or_default();
+            bail!("{template} is a template; name an instance such as {example}");
+        }
     }
-    Ok(())
+    let names: Vec<UnitName> = names.into_iter().filter(|n| !n.is_template()).collect();
+    if names.is_empty() {
+        bail!("no unit to act on: the patterns matched only templates");
+    }
+    Ok(names)
 }
 
 /// `flotctl submit`
@@ -62,7 +66,7 @@ pub async fn submit(store: &Store, args: &SubmitArgs) -> anyhow::Result<()> {
 /// `flotctl load`
 pub async fn load(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
     let names = prepare(store, &args.units, args.replace).await?;
-    refuse_templates(&names)?;
+    let names = without_templates(names, &args.units)?;
     store.set_desired(&names, DesiredState::Loaded).await?;
     if !args.no_block {
         wait(store, &names, Goal::Loaded, args.timeout).await?;
@@ -73,7 +77,7 @@ pub async fn load(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
 /// `flotctl start`
 pub async fn start(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
     let names = prepare(store, &args.units, args.replace).await?;
-    refuse_templates(&names)?;
+    let names = without_templates(names, &args.units)?;
     store.set_desired(&names, DesiredState::Launched).await?;
     if !args.no_block {
         wait(store, &names, Goal::Active, args.timeout).await?;
@@ -85,11 +89,8 @@ pub async fn start(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
 pub async fn stop(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
     let names = prepare(store, &args.units, args.replace).await?;
     let view = View::read(store).await?;
-    let placed: Vec<UnitName> = names
-        .iter()
-        .filter(|n| view.desired_state(n).is_placed())
-        .cloned()
-        .collect();
+    let placed: Vec<UnitName> =
+        names.iter().filter(|n| view.desired_state(n).is_placed()).cloned().collect();
     if !placed.is_empty() {
         store.set_desired(&placed, DesiredState::Loaded).await?;
     }
@@ -102,7 +103,7 @@ pub async fn stop(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
 /// `flotctl restart`: the stop is always waited for, or the agent would never see it.
 pub async fn restart(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
     let names = prepare(store, &args.units, args.replace).await?;
-    refuse_templates(&names)?;
+    let names = without_templates(names, &args.units)?;
     store.set_desired(&names, DesiredState::Loaded).await?;
     wait(store, &names, Goal::Stopped, args.timeout).await?;
     store.set_desired(&names, DesiredState::Launched).await?;
@@ -129,10 +130,7 @@ pub async fn destroy(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
     let mut patterns = Vec::new();
     for arg in &args.units {
         let name = match is_path(arg) {
-            true => std::path::Path::new(arg)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or(arg),
+            true => std::path::Path::new(arg).file_name().and_then(|n| n.to_str()).unwrap_or(arg),
             false => arg,
         };
         let plain = !name.contains(['*', '?', '[']);

@@ -36,13 +36,15 @@ fn print(
         let objects: Vec<serde_json::Map<String, serde_json::Value>> = rows
             .iter()
             .map(|row| {
-                fields
-                    .iter()
-                    .map(|f| (f.to_string(), row[f].clone().into()))
-                    .collect()
+                // Scripts get null for "nothing here", not the table's placeholder.
+                let value = |f: &str| match row[f].as_str() {
+                    "-" => serde_json::Value::Null,
+                    text => text.into(),
+                };
+                fields.iter().map(|f| (f.to_string(), value(f))).collect()
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&objects)?);
+        outln!("{}", serde_json::to_string_pretty(&objects)?);
         return Ok(());
     }
     let mut table = Table::new();
@@ -57,47 +59,51 @@ fn print(
         column.set_padding((0, 2));
     }
     for line in table.lines() {
-        println!("{}", line.trim_end());
+        outln!("{}", line.trim_end());
     }
     Ok(())
 }
 
 /// `flotctl list-units`
 pub async fn list_units(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
+    let args = &json_is_full(args);
     let view = View::read(store).await?;
     let mut rows = Vec::new();
     for (name, machines) in &view.claims {
         let hash = view.units.get(name).map_or("-", |u| u.hash.as_str());
         for machine in machines {
-            let state = view
-                .states
-                .get(name)
-                .and_then(|s| s.iter().find(|s| &s.machine == machine));
+            let state =
+                view.states.get(name).and_then(|s| s.iter().find(|s| &s.machine == machine));
             let field =
                 |f: fn(&crate::keyspace::StateRecord) -> String| state.map_or("-".into(), f);
             rows.push(Row::from([
                 ("unit", name.to_string()),
-                ("machine", view.machine_label(machine, args.full)),
+                ("machine", machine_field(&view, machine, args)),
+                ("ip", view.machines.get(machine).map_or("-".into(), |m| m.ip.clone())),
                 ("active", field(|s| s.active.clone())),
                 ("sub", field(|s| s.sub.clone())),
                 ("load", field(|s| s.load.clone())),
                 ("pid", field(|s| s.main_pid.to_string())),
-                (
-                    "hash",
-                    if args.full {
-                        hash.to_string()
-                    } else {
-                        short_hash(hash)
-                    },
-                ),
+                ("hash", if args.full { hash.to_string() } else { short_hash(hash) }),
                 ("dstate", view.desired_state(name).to_string()),
             ]));
         }
     }
-    let all = [
-        "unit", "machine", "active", "sub", "load", "pid", "hash", "dstate",
-    ];
+    let all = ["unit", "machine", "ip", "active", "sub", "load", "pid", "hash", "dstate"];
     print(args, &all, &["unit", "machine", "active", "sub"], &rows)
+}
+
+/// JSON output never shortens ids and hashes.
+fn json_is_full(args: &ListArgs) -> ListArgs {
+    ListArgs { full: args.full || args.output == Output::Json, ..args.clone() }
+}
+
+/// fleetctl's `id.../IP` in a table; the whole machine id in JSON, where `ip` is its own field.
+fn machine_field(view: &View, machine: &str, args: &ListArgs) -> String {
+    match args.output {
+        Output::Table => view.machine_label(machine, args.full),
+        Output::Json => machine.to_string(),
+    }
 }
 
 fn short_hash(hash: &str) -> String {
@@ -106,14 +112,13 @@ fn short_hash(hash: &str) -> String {
 
 /// `flotctl list-unit-files`
 pub async fn list_unit_files(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
+    let args = &json_is_full(args);
     let view = View::read(store).await?;
     let mut rows = Vec::new();
     for (name, unit) in &view.units {
         let claims = view.claims.get(name).map(Vec::as_slice).unwrap_or_default();
         let states = view.states.get(name).map(Vec::as_slice).unwrap_or_default();
-        let current = if states
-            .iter()
-            .any(|s| matches!(s.active.as_str(), "active" | "activating"))
+        let current = if states.iter().any(|s| matches!(s.active.as_str(), "active" | "activating"))
         {
             "launched"
         } else if states.iter().any(|s| s.load == "loaded") {
@@ -129,11 +134,7 @@ pub async fn list_unit_files(store: &Store, args: &ListArgs) -> anyhow::Result<(
         let file = UnitFile::parse(name, unit.text.as_bytes()).ok();
         let description = file
             .as_ref()
-            .and_then(|f| {
-                f.values("Unit", "Description")
-                    .last()
-                    .map(|d| d.to_string())
-            })
+            .and_then(|f| f.values("Unit", "Description").last().map(|d| d.to_string()))
             .unwrap_or_else(|| "-".into());
         let global = file
             .as_ref()
@@ -141,31 +142,16 @@ pub async fn list_unit_files(store: &Store, args: &ListArgs) -> anyhow::Result<(
             .is_some_and(|o| o.global);
         rows.push(Row::from([
             ("unit", name.to_string()),
-            (
-                "hash",
-                if args.full {
-                    unit.hash.clone()
-                } else {
-                    short_hash(&unit.hash)
-                },
-            ),
+            ("hash", if args.full { unit.hash.clone() } else { short_hash(&unit.hash) }),
             ("dstate", view.desired_state(name).to_string()),
             ("state", current.to_string()),
             ("target", target),
             ("desc", description),
             ("global", global.to_string()),
-            (
-                "reason",
-                view.problems
-                    .get(name)
-                    .cloned()
-                    .unwrap_or_else(|| "-".into()),
-            ),
+            ("reason", view.problems.get(name).cloned().unwrap_or_else(|| "-".into())),
         ]));
     }
-    let all = [
-        "unit", "hash", "dstate", "state", "target", "desc", "global", "reason",
-    ];
+    let all = ["unit", "hash", "dstate", "state", "target", "desc", "global", "reason"];
     let mut default = vec!["unit", "hash", "dstate", "state", "target"];
     // The reason column appears only when some unit cannot be placed.
     if !view.problems.is_empty() {
@@ -176,6 +162,7 @@ pub async fn list_unit_files(store: &Store, args: &ListArgs) -> anyhow::Result<(
 
 /// `flotctl list-machines`
 pub async fn list_machines(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
+    let args = &json_is_full(args);
     let view = View::read(store).await?;
     let rows: Vec<Row> = view
         .machines
@@ -184,23 +171,12 @@ pub async fn list_machines(store: &Store, args: &ListArgs) -> anyhow::Result<()>
             let metadata = if m.metadata.is_empty() {
                 "-".to_string()
             } else {
-                m.metadata
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
+                m.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
             };
             let units = view.claims.values().filter(|c| c.contains(&m.id)).count();
             Row::from([
                 ("machine", short_id(&m.id, args.full)),
-                (
-                    "ip",
-                    if m.ip.is_empty() {
-                        "-".into()
-                    } else {
-                        m.ip.clone()
-                    },
-                ),
+                ("ip", if m.ip.is_empty() { "-".into() } else { m.ip.clone() }),
                 ("metadata", metadata),
                 ("hostname", m.hostname.clone()),
                 ("version", m.agent_version.clone()),

@@ -4,6 +4,15 @@
 //! written for it keep working. Every failure reaches [`run`]'s caller as one error, printed once
 //! as a one-line reason.
 
+/// Writes one line to standard output, returning write errors (a closed pipe among them) to
+/// the caller instead of panicking as `println!` does.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod cat;
 mod lifecycle;
 mod list;
@@ -38,12 +47,7 @@ pub struct Cli {
     )]
     pub endpoints: Vec<String>,
     /// Key prefix in etcd.
-    #[arg(
-        long,
-        global = true,
-        env = "FLOTCTL_PREFIX",
-        default_value = "/flotilla"
-    )]
+    #[arg(long, global = true, env = "FLOTCTL_PREFIX", default_value = "/flotilla")]
     pub prefix: String,
     /// What to do.
     #[command(subcommand)]
@@ -107,7 +111,7 @@ pub struct ChangeArgs {
     #[arg(long)]
     pub no_block: bool,
     /// How long to wait for the cluster to report the new state.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = parse_seconds)]
     pub timeout: Duration,
 }
 
@@ -165,7 +169,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let connect = || Store::connect(&cli.endpoints, &cli.prefix);
     match cli.command {
         Command::Version => {
-            println!("flotctl version {}", env!("CARGO_PKG_VERSION"));
+            outln!("flotctl version {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
         Command::Verify(args) => verify::verify(&args),
@@ -190,6 +194,14 @@ pub(crate) struct LocalFile {
     pub text: String,
     /// The template an instance was made from, when it had no file of its own.
     pub template: Option<(UnitName, String)>,
+}
+
+/// A duration as whole seconds (`30`) or with units (`1m30s`).
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}")),
+    }
 }
 
 /// The largest unit file accepted, as the parser enforces it.
@@ -224,14 +236,14 @@ pub(crate) fn read_unit_file(arg: &str) -> anyhow::Result<LocalFile> {
     let file =
         unit::UnitFile::parse(&name, &bytes).with_context(|| format!("{}", source.display()))?;
     unit::FleetOptions::from_unit(&name, &file).with_context(|| format!("{}", source.display()))?;
+    if name.suffix() == ".container" {
+        crate::container::ContainerSpec::from_unit(&file)
+            .with_context(|| format!("{}", source.display()))?;
+    }
     let text = file.text().to_string();
     // As fleetctl does, the template goes into the cluster with its first instance.
     let template = template.map(|t| (t, text.clone()));
-    Ok(LocalFile {
-        name,
-        text,
-        template,
-    })
+    Ok(LocalFile { name, text, template })
 }
 
 /// An instance to create from its template's file: (instance name, file text).
@@ -251,12 +263,8 @@ pub(crate) fn resolve(
         if arg.contains(['*', '?', '[']) {
             let glob = Glob::new(arg).with_context(|| format!("bad pattern {arg:?}"))?;
             let matcher = glob.compile_matcher();
-            let matched: Vec<_> = view
-                .units
-                .keys()
-                .filter(|n| matcher.is_match(n.as_str()))
-                .cloned()
-                .collect();
+            let matched: Vec<_> =
+                view.units.keys().filter(|n| matcher.is_match(n.as_str())).cloned().collect();
             if matched.is_empty() {
                 bail!("no unit matches {arg:?}");
             }
@@ -282,11 +290,24 @@ pub(crate) fn resolve(
     Ok((names, to_submit))
 }
 
+/// Resolves names and globs to units that are in the cluster, in the order given.
+pub(crate) fn existing(view: &View, args: &[String]) -> anyhow::Result<Vec<UnitName>> {
+    let mut names: Vec<UnitName> = Vec::new();
+    for arg in args {
+        let (matched, _) = resolve(view, std::slice::from_ref(arg))?;
+        for name in matched {
+            if !view.units.contains_key(&name) {
+                bail!("unit {name} does not exist");
+            }
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    Ok(names)
+}
+
 /// `abcdef12...` for a machine id, or the whole id with `--full`.
 pub(crate) fn short_id(id: &str, full: bool) -> String {
-    if full || id.len() <= 8 {
-        id.to_string()
-    } else {
-        format!("{}...", &id[..8])
-    }
+    if full || id.len() <= 8 { id.to_string() } else { format!("{}...", &id[..8]) }
 }

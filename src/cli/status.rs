@@ -2,7 +2,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{NamesArgs, Output, View, resolve};
+use super::{NamesArgs, Output, View, existing};
 use crate::store::Store;
 use crate::unit::UnitFile;
 
@@ -16,7 +16,7 @@ fn timestamp(ms: u64) -> String {
 /// `flotctl status`
 pub async fn status(store: &Store, args: &NamesArgs) -> anyhow::Result<()> {
     let view = View::read(store).await?;
-    let (names, _) = resolve(&view, &args.units)?;
+    let names = existing(&view, &args.units)?;
     if args.output == Output::Json {
         let mut out = serde_json::Map::new();
         for name in &names {
@@ -31,63 +31,55 @@ pub async fn status(store: &Store, args: &NamesArgs) -> anyhow::Result<()> {
                 }),
             );
         }
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     for (index, name) in names.iter().enumerate() {
         if index > 0 {
-            println!();
+            outln!();
         }
         let description = view
             .units
             .get(name)
             .and_then(|u| UnitFile::parse(name, u.text.as_bytes()).ok())
-            .and_then(|f| {
-                f.values("Unit", "Description")
-                    .last()
-                    .map(|d| d.to_string())
-            });
+            .and_then(|f| f.values("Unit", "Description").last().map(|d| d.to_string()));
         match description {
-            Some(d) => println!("● {name} - {d}"),
-            None => println!("● {name}"),
+            Some(d) => outln!("● {name} - {d}"),
+            None => outln!("● {name}"),
         }
-        println!("   Desired: {}", view.desired_state(name));
+        outln!("   Desired: {}", view.desired_state(name));
         if let Some(reason) = view.problems.get(name) {
-            println!("   Not placed: {reason}");
+            outln!("   Not placed: {reason}");
         }
         let states = view.states.get(name).map(Vec::as_slice).unwrap_or_default();
         if states.is_empty() {
             let claims = view.claims.get(name).map(Vec::len).unwrap_or(0);
-            println!(
+            outln!(
                 "   State: {}",
-                if claims > 0 {
-                    "placed, not reported yet"
-                } else {
-                    "not placed"
-                }
+                if claims > 0 { "placed, not reported yet" } else { "not placed" }
             );
         }
         for state in states {
-            println!("   Machine: {}", view.machine_label(&state.machine, false));
-            println!("   Loaded: {}", state.load);
-            println!(
+            outln!("   Machine: {}", view.machine_label(&state.machine, false));
+            outln!("   Loaded: {}", state.load);
+            outln!(
                 "   Active: {} ({}) since {}",
                 state.active,
                 state.sub,
                 timestamp(state.since_ms)
             );
             if state.main_pid != 0 {
-                println!("   Main PID: {}", state.main_pid);
+                outln!("   Main PID: {}", state.main_pid);
             }
             if state.retries > 0 {
-                println!("   Restarts after failure: {}", state.retries);
+                outln!("   Restarts after failure: {}", state.retries);
             }
             if let Some(error) = &state.error {
-                println!("   Error: {error}");
+                outln!("   Error: {error}");
             }
-            println!("   Transitions:");
+            outln!("   Transitions:");
             for t in &state.transitions {
-                println!("     {}  {}/{}", timestamp(t.at_ms), t.active, t.sub);
+                outln!("     {}  {}/{}", timestamp(t.at_ms), t.active, t.sub);
             }
         }
     }

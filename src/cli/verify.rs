@@ -9,7 +9,7 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     let mut failed = 0;
     for path in &args.files {
         match read_unit_file(path) {
-            Ok(file) => println!("{path}: ok ({})", file.name),
+            Ok(file) => outln!("{path}: ok ({})", file.name),
             Err(error) => {
                 eprintln!("{error:#}");
                 failed += 1;
@@ -17,10 +17,7 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         }
     }
     if failed > 0 {
-        bail!(
-            "{failed} of {} unit files failed verification",
-            args.files.len()
-        );
+        bail!("{failed} of {} unit files failed verification", args.files.len());
     }
     Ok(())
 }

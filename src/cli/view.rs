@@ -32,10 +32,7 @@ impl View {
     /// Reads the whole keyspace at one revision; records that do not decode are left out.
     pub async fn read(store: &Store) -> anyhow::Result<View> {
         let (revision, kvs) = store.list_many(&[store.keys.root()]).await?;
-        let mut view = View {
-            revision,
-            ..View::default()
-        };
+        let mut view = View { revision, ..View::default() };
         for kv in &kvs {
             let Some(key) = store.keys.parse(kv.key()) else {
                 continue;
@@ -80,10 +77,7 @@ impl View {
 
     /// The desired state of a unit, inactive when none is stored.
     pub fn desired_state(&self, name: &UnitName) -> DesiredState {
-        self.desired
-            .get(name)
-            .copied()
-            .unwrap_or(DesiredState::Inactive)
+        self.desired.get(name).copied().unwrap_or(DesiredState::Inactive)
     }
 
     /// `id.../IP` for a machine, as fleetctl prints it.

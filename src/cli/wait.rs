@@ -36,12 +36,8 @@ fn progress(view: &View, name: &UnitName, goal: Goal) -> Progress {
         Goal::Gone if claims.is_empty() && states.is_empty() => Progress::Done,
         Goal::Gone => Progress::Pending("still on a host".into()),
         Goal::Stopped => {
-            let up = states
-                .iter()
-                .any(|s| matches!(s.active.as_str(), "active" | "activating"));
-            let unreported = claims
-                .iter()
-                .any(|m| !states.iter().any(|s| &s.machine == m));
+            let up = states.iter().any(|s| matches!(s.active.as_str(), "active" | "activating"));
+            let unreported = claims.iter().any(|m| !states.iter().any(|s| &s.machine == m));
             if up || unreported {
                 Progress::Pending("still running".into())
             } else {
@@ -56,9 +52,8 @@ fn progress(view: &View, name: &UnitName, goal: Goal) -> Progress {
                 return Progress::Pending("not placed yet".into());
             }
             for machine in claims {
-                let state = states
-                    .iter()
-                    .find(|s| &s.machine == machine && Some(s.hash.as_str()) == hash);
+                let state =
+                    states.iter().find(|s| &s.machine == machine && Some(s.hash.as_str()) == hash);
                 let Some(state) = state else {
                     return Progress::Pending("not reported yet".into());
                 };

@@ -45,9 +45,7 @@ pub struct Scenario {
 pub fn scenario() -> Scenario {
     static SERIAL: Mutex<()> = Mutex::new(());
     static UP: OnceLock<()> = OnceLock::new();
-    let serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     UP.get_or_init(|| {
         let status = Command::new(root().join("scripts/cluster"))
             .arg("up")
@@ -57,10 +55,7 @@ pub fn scenario() -> Scenario {
             .expect("run scripts/cluster up");
         assert!(status.success(), "scripts/cluster up failed");
     });
-    let scenario = Scenario {
-        _serial: serial,
-        started: Instant::now(),
-    };
+    let scenario = Scenario { _serial: serial, started: Instant::now() };
     // A previous test may have left a host down; every test starts from three live hosts.
     for host in HOSTS {
         scenario.ensure_host_up(host);
@@ -83,10 +78,8 @@ impl Drop for Scenario {
         }
         let since = format!("-{}s", self.started.elapsed().as_secs() + 5);
         for host in HOSTS {
-            let out = self.host_output(
-                host,
-                &["journalctl", "-u", "flotd", "--no-pager", "-S", &since],
-            );
+            let out =
+                self.host_output(host, &["journalctl", "-u", "flotd", "--no-pager", "-S", &since]);
             let text = String::from_utf8_lossy(&out.stdout);
             let tail: Vec<&str> = text.lines().rev().take(60).collect();
             eprintln!("--- flotd on {host} ---");
@@ -126,11 +119,7 @@ impl Scenario {
     /// Runs flotctl and fails the test unless it succeeds.
     pub fn ok(&self, args: &[&str]) -> String {
         let run = self.flotctl(args);
-        assert_eq!(
-            run.code, 0,
-            "flotctl {args:?} failed: {}{}",
-            run.stdout, run.stderr
-        );
+        assert_eq!(run.code, 0, "flotctl {args:?} failed: {}{}", run.stdout, run.stderr);
         run.stdout
     }
 
@@ -152,12 +141,7 @@ impl Scenario {
 
     /// A command's output inside a host container.
     pub fn host_output(&self, host: &str, cmd: &[&str]) -> Output {
-        Command::new("docker")
-            .arg("exec")
-            .arg(host)
-            .args(cmd)
-            .output()
-            .expect("run docker exec")
+        Command::new("docker").arg("exec").arg(host).args(cmd).output().expect("run docker exec")
     }
 
     /// A command's standard output inside a host; fails the test if it fails.
@@ -173,48 +157,25 @@ impl Scenario {
 
     /// Runs docker on this machine.
     pub fn docker(&self, args: &[&str]) {
-        let out = Command::new("docker")
-            .args(args)
-            .output()
-            .expect("run docker");
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new("docker").args(args).output().expect("run docker");
+        assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// The machine id of a host.
     pub fn machine_id(&self, host: &str) -> String {
         let path = root().join(format!("target/cluster/{host}/machine-id"));
-        std::fs::read_to_string(path)
-            .expect("machine id of a test host")
-            .trim()
-            .to_string()
+        std::fs::read_to_string(path).expect("machine id of a test host").trim().to_string()
     }
 
     /// The host whose machine id is `id`.
     pub fn host_by_id(&self, id: &str) -> &'static str {
-        HOSTS
-            .into_iter()
-            .find(|h| self.machine_id(h) == id)
-            .expect("a known machine id")
+        HOSTS.into_iter().find(|h| self.machine_id(h) == id).expect("a known machine id")
     }
 
     /// Registered machine ids, from `flotctl list-machines`.
     pub fn machines(&self) -> Vec<String> {
-        let run = self.flotctl(&[
-            "list-machines",
-            "--full",
-            "--no-legend",
-            "--fields",
-            "machine",
-        ]);
-        run.stdout
-            .lines()
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect()
+        let run = self.flotctl(&["list-machines", "--full", "--no-legend", "--fields", "machine"]);
+        run.stdout.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
     }
 
     /// Placed units as (unit, machine id, active, sub), from `flotctl list-units -o json`.
@@ -223,21 +184,11 @@ impl Scenario {
         if run.code != 0 {
             return Vec::new();
         }
-        let rows: Vec<BTreeMap<String, String>> = serde_json::from_str(&run.stdout).unwrap();
+        let rows: Vec<BTreeMap<String, serde_json::Value>> =
+            serde_json::from_str(&run.stdout).unwrap();
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
         rows.into_iter()
-            .map(|r| {
-                let machine = r["machine"]
-                    .split('/')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                (
-                    r["unit"].clone(),
-                    machine,
-                    r["active"].clone(),
-                    r["sub"].clone(),
-                )
-            })
+            .map(|r| (text(&r["unit"]), text(&r["machine"]), text(&r["active"]), text(&r["sub"])))
             .collect()
     }
 
@@ -262,20 +213,14 @@ impl Scenario {
             if let Some(value) = probe() {
                 return value;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {what}"
-            );
+            assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
             sleep(Duration::from_millis(100));
         }
     }
 
     /// systemd's view of a unit on a host: (ActiveState, MainPID).
     pub fn systemd_state(&self, host: &str, unit: &str) -> (String, u32) {
-        let out = self.host(
-            host,
-            &["systemctl", "show", "-p", "ActiveState,MainPID", unit],
-        );
+        let out = self.host(host, &["systemctl", "show", "-p", "ActiveState,MainPID", unit]);
         let mut active = String::new();
         let mut pid = 0;
         for line in out.lines() {
@@ -293,25 +238,14 @@ impl Scenario {
     pub fn traces_on(&self, host: &str, unit: &str) -> Vec<String> {
         let mut traces = Vec::new();
         let file = format!("/run/flotilla/units/{unit}");
-        if self
-            .host_output(host, &["test", "-e", &file])
-            .status
-            .success()
-        {
+        if self.host_output(host, &["test", "-e", &file]).status.success() {
             traces.push(format!("{host}: {file} exists"));
         }
         let link = format!("/run/systemd/system/{unit}");
-        if self
-            .host_output(host, &["test", "-L", &link])
-            .status
-            .success()
-        {
+        if self.host_output(host, &["test", "-L", &link]).status.success() {
             traces.push(format!("{host}: {link} exists"));
         }
-        let load = self.host(
-            host,
-            &["systemctl", "show", "-p", "LoadState", "--value", unit],
-        );
+        let load = self.host(host, &["systemctl", "show", "-p", "LoadState", "--value", unit]);
         if load != "not-found" {
             traces.push(format!("{host}: systemd still has {unit} ({load})"));
         }
@@ -328,19 +262,22 @@ impl Scenario {
         if !running {
             self.docker(&["start", host]);
         }
-        self.wait_for(
-            &format!("flotd active on {host}"),
-            Duration::from_secs(90),
-            || {
-                let out = self.host_output(host, &["systemctl", "is-active", "flotd"]);
-                if String::from_utf8_lossy(&out.stdout).trim() == "active" {
-                    return Some(());
-                }
-                // After a stop in a test, flotd needs starting again.
-                let _ = self.host_output(host, &["systemctl", "start", "flotd"]);
-                None
-            },
-        );
+        // A test that failed may have left a drop-in changing how flotd runs.
+        let dropin = "/run/systemd/system/flotd.service.d";
+        if self.host_output(host, &["test", "-d", dropin]).status.success() {
+            self.host(host, &["rm", "-rf", dropin]);
+            self.host(host, &["systemctl", "daemon-reload"]);
+            self.host(host, &["systemctl", "restart", "flotd"]);
+        }
+        self.wait_for(&format!("flotd active on {host}"), Duration::from_secs(90), || {
+            let out = self.host_output(host, &["systemctl", "is-active", "flotd"]);
+            if String::from_utf8_lossy(&out.stdout).trim() == "active" {
+                return Some(());
+            }
+            // After a stop in a test, flotd needs starting again.
+            let _ = self.host_output(host, &["systemctl", "start", "flotd"]);
+            None
+        });
     }
 
     /// Destroys units by name or glob, ignoring ones that are already gone.
@@ -352,10 +289,7 @@ impl Scenario {
 
     /// Every key under the flotilla prefix, with its value, read straight from etcd.
     pub fn etcd_dump(&self) -> BTreeMap<String, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let endpoints: Vec<&str> = ENDPOINTS.split(',').collect();
             let mut client = etcd_client::Client::connect(endpoints, None).await.unwrap();
