@@ -557,3 +557,66 @@ fn replace_updates_a_running_unit_and_is_required_for_a_changed_file() {
     });
     s.ok(&["destroy", "swap.service"]);
 }
+
+/// The hosts where systemd has `unit` running or on its way up or down.
+fn copies(s: &common::Scenario, unit: &str) -> Vec<&'static str> {
+    HOSTS
+        .into_iter()
+        .filter(|h| {
+            let state = s.systemd_state(h, unit).0;
+            matches!(state.as_str(), "active" | "activating" | "deactivating" | "reloading")
+        })
+        .collect()
+}
+
+#[test]
+fn a_graceful_stop_slower_than_the_ttl_never_runs_the_unit_twice() {
+    let s = scenario();
+    let slow = "[Service]\nExecStart=/bin/sleep infinity\nExecStop=/bin/sleep 8\n";
+    let files = s.unit_files(&[("slowstop.service", slow)]);
+    s.ok(&["start", &files[0]]);
+    let victim = s.active_on("slowstop.service")[0];
+
+    s.host(victim, &["systemctl", "stop", "--no-block", "flotd"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut moved = false;
+    while Instant::now() < deadline && !moved {
+        let on = copies(&s, "slowstop.service");
+        assert!(on.len() <= 1, "slowstop.service runs on {on:?} at once");
+        moved = on.len() == 1 && on[0] != victim;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(moved, "slowstop.service did not move off {victim}");
+    s.host(victim, &["systemctl", "start", "flotd"]);
+    s.ok(&["destroy", "slowstop.service"]);
+}
+
+#[test]
+fn losing_one_etcd_member_disturbs_neither_flotctl_nor_units() {
+    let s = scenario();
+    let (units, _) = one_per_host(&s, "quorum@.service");
+    let before: Vec<(&str, u32)> = units
+        .iter()
+        .map(|u| {
+            let on = s.active_on(u)[0];
+            (on, s.systemd_state(on, u).1)
+        })
+        .collect();
+
+    s.docker(&["stop", "flotilla-etcd1"]);
+    let outcome = std::panic::catch_unwind(|| {
+        for _ in 0..10 {
+            s.ok(&["list-machines"]);
+        }
+        std::thread::sleep(TTL * 2);
+        s.ok(&with("start", &names("quorum@.service", 4..=4)));
+        for (unit, (host, pid)) in units.iter().zip(&before) {
+            assert_eq!(s.systemd_state(host, unit), ("active".to_string(), *pid), "{unit}");
+        }
+    });
+    s.docker(&["start", "flotilla-etcd1"]);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    s.ok(&["destroy", "quorum@*"]);
+}
