@@ -162,6 +162,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
 
     let mut agent =
         Agent::new(store.clone(), systemd, machine_id.clone(), lease.id, &config).await?;
+    // Converge once from the warm cache before waiting: claims made before the listing would
+    // otherwise wait for the next, unrelated change.
+    let wants_now = wants(&mirror.read().expect("mirror lock"), &machine_id);
+    agent.converge(&wants_now).await;
     let outcome = loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => Event::Shutdown,

@@ -246,6 +246,9 @@ fn wait_moved(s: &common::Scenario, units: &[String], gone: &str, timeout: Durat
 #[test]
 fn a_killed_host_loses_its_units_to_the_survivors_and_rejoins() {
     let s = scenario();
+    let global =
+        s.unit_files(&[("hardglobal.service", &format!("{SLEEPER}\n[X-Fleet]\nGlobal=true\n"))]);
+    s.ok(&["start", &global[0]]);
     let (units, victim) = one_per_host(&s, "hard@.service");
     let on_victim: Vec<String> =
         units.iter().filter(|u| s.active_on(u) == [victim]).cloned().collect();
@@ -259,11 +262,15 @@ fn a_killed_host_loses_its_units_to_the_survivors_and_rejoins() {
     s.wait_for("the host back in list-machines", Duration::from_secs(60), || {
         s.machines().contains(&s.machine_id(victim)).then_some(())
     });
+    // A global unit comes back on the rejoined host promptly, with no other change to wake it.
+    s.wait_for("the global unit on the rejoined host", Duration::from_secs(5), || {
+        s.active_on("hardglobal.service").contains(&victim).then_some(())
+    });
     // New work goes to the rejoined host, the least loaded one.
     let more = names("hard@.service", 4..=4);
     s.ok(&with("start", &more));
     assert_eq!(s.active_on(&more[0]), [victim]);
-    s.ok(&["destroy", "hard@*"]);
+    s.ok(&["destroy", "hard@*", "hardglobal.service"]);
 }
 
 #[test]
