@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::bail;
 use comfy_table::{Table, presets};
 
-use super::{ListArgs, Output, View, short_id};
+use super::{ListArgs, Output, View, printable, short_id};
 use crate::store::Store;
 use crate::unit::UnitFile;
 
@@ -134,7 +134,7 @@ pub async fn list_unit_files(store: &Store, args: &ListArgs) -> anyhow::Result<(
         let file = UnitFile::parse(name, unit.text.as_bytes()).ok();
         let description = file
             .as_ref()
-            .and_then(|f| f.values("Unit", "Description").last().map(|d| d.to_string()))
+            .and_then(|f| f.values("Unit", "Description").last().map(|d| printable(d)))
             .unwrap_or_else(|| "-".into());
         let global = file
             .as_ref()

@@ -307,7 +307,32 @@ pub(crate) fn existing(view: &View, args: &[String]) -> anyhow::Result<Vec<UnitN
     Ok(names)
 }
 
+/// Text from a unit file made safe for a terminal: control characters are shown escaped, so a
+/// Description cannot move the cursor or change colours.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] })
+        .collect()
+}
+
 /// `abcdef12...` for a machine id, or the whole id with `--full`.
 pub(crate) fn short_id(id: &str, full: bool) -> String {
     if full || id.len() <= 8 { id.to_string() } else { format!("{}...", &id[..8]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(printable("web \u{1b}[31mred\u{7}"), "web \\u{1b}[31mred\\u{7}");
+        assert_eq!(printable("café ok"), "café ok");
+    }
+
+    #[test]
+    fn short_ids_keep_eight_characters() {
+        assert_eq!(short_id("0123456789abcdef0123456789abcdef", false), "01234567...");
+        assert_eq!(short_id("0123456789abcdef0123456789abcdef", true).len(), 32);
+    }
 }

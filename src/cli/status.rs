@@ -2,7 +2,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{NamesArgs, Output, View, existing};
+use super::{NamesArgs, Output, View, existing, printable};
 use crate::store::Store;
 use crate::unit::UnitFile;
 
@@ -42,7 +42,7 @@ pub async fn status(store: &Store, args: &NamesArgs) -> anyhow::Result<()> {
             .units
             .get(name)
             .and_then(|u| UnitFile::parse(name, u.text.as_bytes()).ok())
-            .and_then(|f| f.values("Unit", "Description").last().map(|d| d.to_string()));
+            .and_then(|f| f.values("Unit", "Description").last().map(|d| printable(d)));
         match description {
             Some(d) => outln!("● {name} - {d}"),
             None => outln!("● {name}"),
