@@ -19,14 +19,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::container::{ContainerSpec, RestartPolicy};
+use crate::docker::DockerEngine;
 use crate::engine::{self, EngineConfig};
 use crate::keyspace::{self, MachineRecord, RECORD_VERSION, StateRecord, Transition};
 use crate::lease::{self, Lease};
 use crate::mirror::{self, Mirror, SharedMirror};
-use crate::reconcile::{self, Action, Local, Want};
+use crate::reconcile::{self, Action, Local, Restart, Want};
 use crate::store::Store;
 use crate::systemd::{self, Observed, Systemd};
-use crate::unit::UnitName;
+use crate::unit::{UnitFile, UnitName};
 
 /// How flotd is configured; every field comes from a flag or a `FLOTD_*` variable.
 #[derive(Clone, Debug)]
@@ -134,6 +136,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     tokio::spawn(lease::keep_alive(store.clone(), lease.clone(), lost_tx, tasks.clone()));
 
     let (unit_tx, mut unit_rx) = mpsc::channel(1024);
+    let unit_tx_docker = unit_tx.clone();
     let follower = systemd.clone();
     tokio::spawn(async move {
         if let Err(error) = follower.follow_changes(unit_tx).await {
@@ -160,8 +163,24 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         engine_token.clone(),
     ));
 
+    let docker = match DockerEngine::connect(&machine_id).await {
+        Ok(docker) => {
+            let follower = docker.clone();
+            let tx = unit_tx_docker;
+            tokio::spawn(async move {
+                if let Err(error) = follower.follow_changes(tx).await {
+                    error!(error = %format!("{error:#}"), "lost Docker's events");
+                }
+            });
+            Some(docker)
+        }
+        Err(error) => {
+            warn!(error = %format!("{error:#}"), "container units cannot run on this host");
+            None
+        }
+    };
     let mut agent =
-        Agent::new(store.clone(), systemd, machine_id.clone(), lease.id, &config).await?;
+        Agent::new(store.clone(), systemd, docker, machine_id.clone(), lease.id, &config).await?;
     // Converge once from the warm cache before waiting: claims made before the listing would
     // otherwise wait for the next, unrelated change.
     let wants_now = wants(&mirror.read().expect("mirror lock"), &machine_id);
@@ -316,10 +335,34 @@ fn wants(mirror: &Mirror, machine_id: &str) -> BTreeMap<UnitName, Want> {
         }
         wants.insert(
             name.clone(),
-            Want { hash: record.hash.clone(), text: record.text.clone(), target },
+            Want {
+                hash: record.hash.clone(),
+                text: record.text.clone(),
+                target,
+                restart: restart_policy(name, &record.text),
+            },
         );
     }
     wants
+}
+
+/// systemd units are retried after failures; containers follow their `Restart=`.
+fn restart_policy(name: &UnitName, text: &str) -> Restart {
+    if !is_container(name) {
+        return Restart::OnFailure;
+    }
+    let spec = UnitFile::parse(name, text.as_bytes())
+        .ok()
+        .and_then(|file| ContainerSpec::from_unit(&file).ok());
+    match spec.map(|s| s.restart) {
+        Some(RestartPolicy::Always) => Restart::Always,
+        Some(RestartPolicy::OnFailure) => Restart::OnFailure,
+        Some(RestartPolicy::No) | None => Restart::Never,
+    }
+}
+
+fn is_container(name: &UnitName) -> bool {
+    name.suffix() == ".container"
 }
 
 /// How many transitions a state record keeps.
@@ -329,6 +372,8 @@ const TRANSITIONS_KEPT: usize = 10;
 struct Agent {
     store: Store,
     systemd: Systemd,
+    /// The host's Docker engine, for `.container` units; absent when none answers.
+    docker: Option<DockerEngine>,
     machine_id: String,
     /// The lease state reports are bound to.
     lease: i64,
@@ -349,11 +394,15 @@ impl Agent {
     async fn new(
         store: Store,
         systemd: Systemd,
+        docker: Option<DockerEngine>,
         machine_id: String,
         lease: i64,
         config: &AgentConfig,
     ) -> anyhow::Result<Agent> {
-        let installed = systemd.installed().await?;
+        let mut installed = systemd.installed().await?;
+        if let Some(docker) = &docker {
+            installed.extend(docker.installed().await?);
+        }
         let dirty = installed.keys().cloned().collect();
         // Reports from this host's previous life are adopted, so unchanged units cost no write.
         let mut reported = BTreeMap::new();
@@ -369,6 +418,7 @@ impl Agent {
         Ok(Agent {
             store,
             systemd,
+            docker,
             machine_id,
             lease,
             stop_timeout: config.stop_timeout,
@@ -380,6 +430,45 @@ impl Agent {
         })
     }
 
+    fn docker(&self) -> anyhow::Result<&DockerEngine> {
+        self.docker.as_ref().ok_or_else(|| anyhow!("no Docker engine answers on this host"))
+    }
+
+    async fn stop_unit(&self, name: &UnitName) -> anyhow::Result<()> {
+        match is_container(name) {
+            true => self.docker()?.stop(name).await,
+            false => self.systemd.stop(name, self.stop_timeout).await,
+        }
+    }
+
+    async fn install_unit(&self, name: &UnitName, want: &Want) -> anyhow::Result<()> {
+        match is_container(name) {
+            true => self.docker()?.install(name, &want.text, &want.hash).await,
+            false => self.systemd.install(name, &want.text).await,
+        }
+    }
+
+    async fn uninstall_unit(&self, name: &UnitName) -> anyhow::Result<()> {
+        match is_container(name) {
+            true => self.docker()?.uninstall(name).await,
+            false => self.systemd.uninstall(name).await,
+        }
+    }
+
+    async fn start_unit(&self, name: &UnitName) -> anyhow::Result<()> {
+        match is_container(name) {
+            true => self.docker()?.start(name).await,
+            false => self.systemd.start(name).await,
+        }
+    }
+
+    async fn observe_unit(&self, name: &UnitName) -> anyhow::Result<Observed> {
+        match is_container(name) {
+            true => self.docker()?.observe(name).await,
+            false => self.systemd.observe(name).await,
+        }
+    }
+
     fn next_wake(&self) -> Option<Instant> {
         self.local.values().filter_map(|l| l.retry_at).min()
     }
@@ -387,8 +476,13 @@ impl Agent {
     /// One reconcile pass: make systemd match `wants` and report what it says.
     async fn converge(&mut self, wants: &BTreeMap<UnitName, Want>) {
         let now = Instant::now();
-        let names: BTreeSet<UnitName> =
-            wants.keys().chain(self.installed.keys()).cloned().collect();
+        // Reported units are included so that a report outlives neither its unit nor its file.
+        let names: BTreeSet<UnitName> = wants
+            .keys()
+            .chain(self.installed.keys())
+            .chain(self.reported.keys())
+            .cloned()
+            .collect();
         for name in &names {
             if !self.observed.contains_key(name) {
                 self.dirty.insert(name.clone());
@@ -418,7 +512,7 @@ impl Agent {
             .filter(|(_, actions)| actions.iter().any(|a| matches!(a, Action::Stop)))
             .map(|(name, _)| name.clone())
             .collect::<Vec<_>>();
-        let results = join_all(stops.iter().map(|n| self.systemd.stop(n, self.stop_timeout))).await;
+        let results = join_all(stops.iter().map(|n| self.stop_unit(n))).await;
         for (name, result) in stops.iter().zip(results) {
             self.dirty.insert(name.clone());
             if let Err(error) = result {
@@ -433,20 +527,26 @@ impl Agent {
                     Action::Stop | Action::Start => {}
                     Action::Install => {
                         let want = &wants[name];
-                        match self.systemd.install(name, &want.text).await {
+                        match self.install_unit(name, want).await {
                             Ok(()) => {
                                 self.installed.insert(name.clone(), want.hash.clone());
                             }
-                            Err(error) => self.fail(name, &error),
+                            Err(error) => {
+                                self.fail(name, &error);
+                                let local = self.local.entry(name.clone()).or_default();
+                                local.retry_at =
+                                    Some(Instant::now() + reconcile::backoff(local.retries));
+                                local.retries += 1;
+                            }
                         }
                         reload = true;
                     }
                     Action::Remove => {
-                        if let Err(error) = self.systemd.uninstall(name).await {
+                        if let Err(error) = self.uninstall_unit(name).await {
                             self.fail(name, &error);
                         }
                         self.installed.remove(name);
-                        reload = true;
+                        reload |= !is_container(name);
                     }
                 }
             }
@@ -460,7 +560,10 @@ impl Agent {
                 continue;
             }
             debug!(unit.name = %name, "starting unit");
-            if let Err(error) = self.systemd.start(name).await {
+            if !self.installed.contains_key(name) {
+                continue;
+            }
+            if let Err(error) = self.start_unit(name).await {
                 self.fail(name, &error);
             }
             self.dirty.insert(name.clone());
@@ -485,7 +588,7 @@ impl Agent {
                 self.observed.remove(&name);
                 continue;
             }
-            match self.systemd.observe(&name).await {
+            match self.observe_unit(&name).await {
                 Ok(observed) => {
                     self.observed.insert(name, observed);
                 }
@@ -499,7 +602,23 @@ impl Agent {
     /// Writes the unit's state to etcd if it differs from the last report.
     async fn report(&mut self, name: &UnitName, want: Option<&Want>) {
         let key = self.store.keys.state(&self.machine_id, name);
-        let (Some(want), Some(observed)) = (want, self.observed.get(name)) else {
+        // A unit that could not even be installed is reported failed, with the reason.
+        let not_installed = Observed {
+            load: "error".into(),
+            active: "failed".into(),
+            sub: "dead".into(),
+            main_pid: 0,
+            since_ms: 0,
+            detail: None,
+        };
+        let local_error = self.local.get(name).is_some_and(|l| l.error.is_some());
+        let observed = match self.observed.get(name) {
+            None if want.is_some() && local_error && !self.installed.contains_key(name) => {
+                Some(&not_installed)
+            }
+            observed => observed,
+        };
+        let (Some(want), Some(observed)) = (want, observed) else {
             if self.reported.remove(name).is_some()
                 && let Err(error) = self.store.delete(&key).await
             {
@@ -531,7 +650,7 @@ impl Agent {
             main_pid: observed.main_pid,
             since_ms: observed.since_ms,
             retries: local.retries,
-            error: local.error.clone(),
+            error: local.error.clone().or_else(|| observed.detail.clone()),
             transitions,
         };
         if previous == Some(&record) {

@@ -12,12 +12,14 @@
 //! - [`lease`]: the host lease every claim is bound to.
 //! - [`reconcile`]: the pure decision of what to do with one local unit.
 //! - [`systemd`]: the executor, driving the host's systemd over D-Bus.
+//! - [`docker`]: the executor for `.container` units, on the host's Docker engine.
 //! - [`agent`]: flotd, tying the above together on one host.
 //! - [`cli`]: flotctl, one file per verb.
 
 pub mod agent;
 pub mod cli;
 pub mod container;
+pub mod docker;
 pub mod engine;
 pub mod keyspace;
 pub mod lease;

@@ -21,6 +21,19 @@ pub struct Want {
     pub text: String,
     /// Loaded or launched.
     pub target: DesiredState,
+    /// When a unit that stopped by itself is started again.
+    pub restart: Restart,
+}
+
+/// When the agent starts a unit again that stopped by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// After a failure, with backoff (systemd units; `Restart=on-failure` containers).
+    OnFailure,
+    /// After any exit, with backoff (`Restart=always` containers).
+    Always,
+    /// Never (`Restart=no` containers).
+    Never,
 }
 
 /// What the agent remembers about a unit between passes.
@@ -36,6 +49,8 @@ pub struct Local {
     pub started: bool,
     /// Since when the unit has been seen up without interruption.
     pub up_since: Option<Instant>,
+    /// The file hash the last install attempt was for.
+    pub installing: Option<String>,
 }
 
 /// How long a unit must stay up before its earlier failures are forgiven.
@@ -81,7 +96,14 @@ pub fn decide(
 
     if installed != Some(want.hash.as_str()) {
         // A new or replaced file is a new life: forget the old one's failures.
-        *local = Local::default();
+        if local.installing.as_deref() != Some(want.hash.as_str()) {
+            *local = Local { installing: Some(want.hash.clone()), ..Local::default() };
+        }
+        // An install that failed (an image that cannot be pulled) waits for its backoff.
+        if local.retry_at.is_some_and(|due| now < due) {
+            return Vec::new();
+        }
+        local.retry_at = None;
         let mut actions = Vec::new();
         if installed.is_some() && observed.is_some_and(Observed::is_up) {
             actions.push(Action::Stop);
@@ -126,25 +148,32 @@ pub fn decide(
         local.error = Some(format!("systemd could not load the unit ({})", observed.load));
         return Vec::new();
     }
-    match observed.active.as_str() {
-        "failed" => match local.retry_at {
-            Some(due) if now >= due => {
-                local.retry_at = None;
-                local.retries += 1;
-                vec![Action::Start]
-            }
-            Some(_) => Vec::new(),
-            None => {
-                local.retry_at = Some(now + backoff(local.retries));
-                Vec::new()
-            }
-        },
-        // Inactive after it ran means it finished; only a unit never started is started.
-        _ if !local.started => {
-            local.started = true;
+    // A unit never started (since its file changed or it was stopped) is started now.
+    if !local.started {
+        local.started = true;
+        return vec![Action::Start];
+    }
+    // It ran and stopped by itself: the restart policy says whether it runs again.
+    let failed = observed.active == "failed";
+    let restarts = match want.restart {
+        Restart::Never => false,
+        Restart::OnFailure => failed,
+        Restart::Always => true,
+    };
+    if !restarts {
+        return Vec::new();
+    }
+    match local.retry_at {
+        Some(due) if now >= due => {
+            local.retry_at = None;
+            local.retries += 1;
             vec![Action::Start]
         }
-        _ => Vec::new(),
+        Some(_) => Vec::new(),
+        None => {
+            local.retry_at = Some(now + backoff(local.retries));
+            Vec::new()
+        }
     }
 }
 
@@ -153,7 +182,7 @@ mod tests {
     use super::*;
 
     fn want(target: DesiredState) -> Want {
-        Want { hash: "h1".into(), text: "[Service]\n".into(), target }
+        Want { hash: "h1".into(), text: "[Service]\n".into(), target, restart: Restart::OnFailure }
     }
 
     fn observed(active: &str) -> Observed {
@@ -163,6 +192,7 @@ mod tests {
             sub: String::new(),
             main_pid: 0,
             since_ms: 0,
+            detail: None,
         }
     }
 
@@ -287,6 +317,25 @@ mod tests {
         let launched = want(DesiredState::Launched);
         let actions = decide(Some(&launched), Some("h1"), Some(&stopped), &mut local, now);
         assert_eq!(actions, [Action::Start]);
+    }
+
+    #[test]
+    fn the_restart_policy_decides_what_follows_an_exit() {
+        let t0 = Instant::now();
+        let cases = [
+            (Restart::Never, "failed", false),
+            (Restart::OnFailure, "failed", true),
+            (Restart::OnFailure, "inactive", false),
+            (Restart::Always, "inactive", true),
+        ];
+        for (restart, active, expected) in cases {
+            let mut local = Local { started: true, ..Local::default() };
+            let w = Want { restart, ..want(DesiredState::Launched) };
+            decide(Some(&w), Some("h1"), Some(&observed(active)), &mut local, t0);
+            let due = t0 + backoff(0);
+            let actions = decide(Some(&w), Some("h1"), Some(&observed(active)), &mut local, due);
+            assert_eq!(actions == [Action::Start], expected, "{restart:?} after {active}");
+        }
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct Observed {
     pub main_pid: u32,
     /// When the unit last changed state, in milliseconds since the epoch.
     pub since_ms: u64,
+    /// A word on why the unit is in this state, when the executor knows one.
+    pub detail: Option<String>,
 }
 
 impl Observed {
@@ -123,7 +125,7 @@ impl Systemd {
                 .await?;
             main_pid = service.main_pid().await?;
         }
-        Ok(Observed { load, active, sub, main_pid, since_ms: since_us / 1000 })
+        Ok(Observed { load, active, sub, main_pid, since_ms: since_us / 1000, detail: None })
     }
 
     /// The hash of each unit file in flotd's directory.
