@@ -26,7 +26,7 @@ use crate::keyspace::{self, MachineRecord, RECORD_VERSION, StateRecord, Transiti
 use crate::lease::{self, Lease};
 use crate::mirror::{self, Mirror, SharedMirror};
 use crate::reconcile::{self, Action, Local, Restart, Want};
-use crate::store::Store;
+use crate::store::{self, OPS_PER_TXN, Store};
 use crate::systemd::{self, Observed, Systemd};
 use crate::unit::{UnitFile, UnitName};
 
@@ -135,7 +135,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let (lost_tx, mut lost_rx) = mpsc::channel(1);
     tokio::spawn(lease::keep_alive(store.clone(), lease.clone(), lost_tx, tasks.clone()));
 
-    let (unit_tx, mut unit_rx) = mpsc::channel(1024);
+    // Unbounded on purpose: a follower that blocked on a full channel would stop reading the
+    // bus, and the agent's own D-Bus calls, waiting behind it, would never be answered.
+    let (unit_tx, mut unit_rx) = mpsc::unbounded_channel();
     let unit_tx_docker = unit_tx.clone();
     let follower = systemd.clone();
     tokio::spawn(async move {
@@ -555,14 +557,26 @@ impl Agent {
             warn!(error = %format!("{error:#}"), "failed to reload systemd");
         }
 
-        for (name, actions) in &plans {
-            if !actions.iter().any(|a| matches!(a, Action::Start)) {
+        let starts: Vec<UnitName> = plans
+            .iter()
+            .filter(|(name, actions)| {
+                actions.iter().any(|a| matches!(a, Action::Start))
+                    && self.installed.contains_key(name)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let confirmed = self.confirm_claims(&starts).await;
+        for name in &starts {
+            if !confirmed.contains(name) {
+                // The mirror may lag behind etcd: a unit that moved meanwhile must not start here.
+                debug!(unit.name = %name, "claim not confirmed; not starting");
+                let local = self.local.entry(name.clone()).or_default();
+                local.started = false;
+                // Look again shortly, in case etcd could not be asked at all.
+                local.retry_at = Some(Instant::now() + Duration::from_secs(1));
                 continue;
             }
             debug!(unit.name = %name, "starting unit");
-            if !self.installed.contains_key(name) {
-                continue;
-            }
             if let Err(error) = self.start_unit(name).await {
                 self.fail(name, &error);
             }
@@ -574,6 +588,47 @@ impl Agent {
             self.report(name, wants.get(name)).await;
         }
         self.local.retain(|name, _| wants.contains_key(name) || self.installed.contains_key(name));
+    }
+
+    /// The units among `names` whose claim etcd says this host holds right now.
+    ///
+    /// Read straight from etcd, not from the mirror, just before starting: a stale agent (one
+    /// whose watch lags, or that was cut off) then never starts a unit placed elsewhere.
+    async fn confirm_claims(&self, names: &[UnitName]) -> BTreeSet<UnitName> {
+        let mut confirmed = BTreeSet::new();
+        // Two reads per unit: its single claim and its copy as a global unit.
+        for chunk in names.chunks(OPS_PER_TXN / 2) {
+            let keys = &self.store.keys;
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .flat_map(|n| {
+                    [
+                        TxnOp::get(keys.claim(n, None), None),
+                        TxnOp::get(keys.claim(n, Some(&self.machine_id)), None),
+                    ]
+                })
+                .collect();
+            let response = match self.store.client().txn(Txn::new().and_then(ops)).await {
+                Ok(response) => response,
+                Err(error) => {
+                    warn!(error = %store::describe(&error), "cannot confirm claims; not starting units");
+                    return BTreeSet::new();
+                }
+            };
+            for op in response.op_responses() {
+                let etcd_client::TxnOpResponse::Get(get) = op else { continue };
+                for kv in get.kvs() {
+                    let Some(keyspace::Key::Claim(name, _)) = keys.parse(kv.key()) else {
+                        continue;
+                    };
+                    let claim = keyspace::decode::<keyspace::ClaimRecord>(kv.value());
+                    if claim.is_ok_and(|c| c.machine == self.machine_id) {
+                        confirmed.insert(name);
+                    }
+                }
+            }
+        }
+        confirmed
     }
 
     fn fail(&mut self, name: &UnitName, error: &anyhow::Error) {

@@ -287,7 +287,7 @@ impl DockerEngine {
     }
 
     /// Sends the unit name of every container event on our containers, until `tx` closes.
-    pub async fn follow_changes(&self, tx: mpsc::Sender<UnitName>) -> anyhow::Result<()> {
+    pub async fn follow_changes(&self, tx: mpsc::UnboundedSender<UnitName>) -> anyhow::Result<()> {
         let filters = HashMap::from([
             ("type", vec!["container".to_string()]),
             ("label", vec![LABEL_UNIT.to_string()]),
@@ -302,7 +302,7 @@ impl DockerEngine {
                 .and_then(|attrs| attrs.get(LABEL_UNIT).cloned())
                 .and_then(|u| UnitName::parse(&u).ok());
             if let Some(unit) = unit
-                && tx.send(unit).await.is_err()
+                && tx.send(unit).is_err()
             {
                 return Ok(());
             }

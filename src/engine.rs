@@ -174,6 +174,12 @@ impl OptionsCache {
             })
             .clone()
     }
+
+    /// Forgets files that are no longer in the keyspace, so replaced units do not pile up.
+    fn retain_current(&mut self, mirror: &Mirror) {
+        self.parsed
+            .retain(|(name, hash), _| mirror.units.get(name).is_some_and(|u| &u.hash == hash));
+    }
 }
 
 /// Everything one round of placement writes or deletes.
@@ -191,6 +197,7 @@ struct Work {
 
 impl Work {
     fn from_mirror(mirror: &Mirror, options: &mut OptionsCache) -> Work {
+        options.retain_current(mirror);
         let mut units = Vec::new();
         let mut global = BTreeSet::new();
         let mut unparsable = BTreeMap::new();

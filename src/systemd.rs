@@ -70,7 +70,7 @@ impl Systemd {
     }
 
     /// Sends the name of every unit whose state systemd reports changed, until `tx` closes.
-    pub async fn follow_changes(&self, tx: mpsc::Sender<UnitName>) -> anyhow::Result<()> {
+    pub async fn follow_changes(&self, tx: mpsc::UnboundedSender<UnitName>) -> anyhow::Result<()> {
         let rule = MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
             .sender(SYSTEMD)
@@ -93,7 +93,7 @@ impl Systemd {
             let Ok(name) = UnitName::parse(&zbus_systemd::bus_label_unescape(label)) else {
                 continue;
             };
-            if tx.send(name).await.is_err() {
+            if tx.send(name).is_err() {
                 return Ok(());
             }
         }

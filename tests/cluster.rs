@@ -627,3 +627,33 @@ fn losing_one_etcd_member_disturbs_neither_flotctl_nor_units() {
     }
     s.ok(&["destroy", "quorum@*"]);
 }
+
+#[test]
+fn a_batch_of_150_units_starts_stops_and_is_destroyed_by_glob() {
+    let s = scenario();
+    let files = s.unit_files(&[("big@.service", SLEEPER)]);
+    s.ok(&["submit", &files[0]]);
+    let units = names("big@.service", 1..=150);
+    s.ok(&with("start", &units));
+    let running = |host: &str| {
+        let listed =
+            s.host(host, &["systemctl", "list-units", "--no-legend", "--state=active", "big@*"]);
+        listed.lines().count()
+    };
+    assert_eq!(HOSTS.iter().map(|h| running(h)).sum::<usize>(), 150);
+
+    s.ok(&["stop", "big@*"]);
+    assert_eq!(HOSTS.iter().map(|h| running(h)).sum::<usize>(), 0);
+    s.ok(&["start", "big@*"]);
+    assert_eq!(HOSTS.iter().map(|h| running(h)).sum::<usize>(), 150);
+    s.ok(&["destroy", "big@*"]);
+    for host in HOSTS {
+        assert_eq!(running(host), 0, "{host} still runs big@ units");
+        let files = s.host(host, &["sh", "-c", "ls /run/flotilla/units | grep -c '^big@' || true"]);
+        assert_eq!(files, "0", "{host} still has big@ files");
+    }
+    // The agents still take new work afterwards.
+    let after = s.unit_files(&[("after-big.service", SLEEPER)]);
+    s.ok(&["start", &after[0]]);
+    s.ok(&["destroy", "after-big.service"]);
+}

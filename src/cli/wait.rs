@@ -58,8 +58,9 @@ fn progress(view: &View, name: &UnitName, goal: Goal) -> Progress {
                     return Progress::Pending("not reported yet".into());
                 };
                 if state.load != "loaded" {
+                    let why = state.error.as_deref().unwrap_or("see flotctl status");
                     return Progress::Failed(format!(
-                        "unit {name} could not be loaded by systemd on {} ({})",
+                        "unit {name} could not be loaded on {} ({}): {why}",
                         view.machine_label(machine, false),
                         state.load
                     ));
