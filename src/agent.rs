@@ -335,32 +335,39 @@ fn wants(mirror: &Mirror, machine_id: &str) -> BTreeMap<UnitName, Want> {
         if !target.is_placed() {
             continue;
         }
+        let (restart, restart_sec) = restart_policy(name, &record.text);
         wants.insert(
             name.clone(),
             Want {
                 hash: record.hash.clone(),
                 text: record.text.clone(),
                 target,
-                restart: restart_policy(name, &record.text),
+                restart,
+                restart_sec,
             },
         );
     }
     wants
 }
 
-/// systemd units are retried after failures; containers follow their `Restart=`.
-fn restart_policy(name: &UnitName, text: &str) -> Restart {
+/// systemd units are retried after failures; containers follow their `Restart=` and
+/// `RestartSec=`.
+fn restart_policy(name: &UnitName, text: &str) -> (Restart, Duration) {
     if !is_container(name) {
-        return Restart::OnFailure;
+        return (Restart::OnFailure, Duration::ZERO);
     }
     let spec = UnitFile::parse(name, text.as_bytes())
         .ok()
         .and_then(|file| ContainerSpec::from_unit(&file).ok());
-    match spec.map(|s| s.restart) {
-        Some(RestartPolicy::Always) => Restart::Always,
-        Some(RestartPolicy::OnFailure) => Restart::OnFailure,
-        Some(RestartPolicy::No) | None => Restart::Never,
-    }
+    let Some(spec) = spec else {
+        return (Restart::Never, Duration::ZERO);
+    };
+    let restart = match spec.restart {
+        RestartPolicy::Always => Restart::Always,
+        RestartPolicy::OnFailure => Restart::OnFailure,
+        RestartPolicy::No => Restart::Never,
+    };
+    (restart, spec.restart_sec)
 }
 
 fn is_container(name: &UnitName) -> bool {

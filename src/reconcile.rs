@@ -23,6 +23,8 @@ pub struct Want {
     pub target: DesiredState,
     /// When a unit that stopped by itself is started again.
     pub restart: Restart,
+    /// The least pause before such a restart (a container's `RestartSec=`).
+    pub restart_sec: Duration,
 }
 
 /// When the agent starts a unit again that stopped by itself.
@@ -171,7 +173,7 @@ pub fn decide(
         }
         Some(_) => Vec::new(),
         None => {
-            local.retry_at = Some(now + backoff(local.retries));
+            local.retry_at = Some(now + backoff(local.retries).max(want.restart_sec));
             Vec::new()
         }
     }
@@ -182,7 +184,13 @@ mod tests {
     use super::*;
 
     fn want(target: DesiredState) -> Want {
-        Want { hash: "h1".into(), text: "[Service]\n".into(), target, restart: Restart::OnFailure }
+        Want {
+            hash: "h1".into(),
+            text: "[Service]\n".into(),
+            target,
+            restart: Restart::OnFailure,
+            restart_sec: Duration::ZERO,
+        }
     }
 
     fn observed(active: &str) -> Observed {
@@ -335,6 +343,20 @@ mod tests {
             let due = t0 + backoff(0);
             let actions = decide(Some(&w), Some("h1"), Some(&observed(active)), &mut local, due);
             assert_eq!(actions == [Action::Start], expected, "{restart:?} after {active}");
+        }
+    }
+
+    #[test]
+    fn restart_sec_lengthens_the_pause_but_never_shortens_it() {
+        let t0 = Instant::now();
+        for (restart_sec, expected) in [(5, 5), (0, 1)] {
+            let mut local = Local { started: true, ..Local::default() };
+            let w = Want {
+                restart_sec: Duration::from_secs(restart_sec),
+                ..want(DesiredState::Launched)
+            };
+            decide(Some(&w), Some("h1"), Some(&observed("failed")), &mut local, t0);
+            assert_eq!(local.retry_at, Some(t0 + Duration::from_secs(expected)));
         }
     }
 
