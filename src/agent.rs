@@ -618,7 +618,8 @@ impl Agent {
             let response = match self.store.client().txn(Txn::new().and_then(ops)).await {
                 Ok(response) => response,
                 Err(error) => {
-                    warn!(error = %store::describe(&error), "cannot confirm claims; not starting units");
+                    let error = store::describe(&error);
+                    warn!(error = %error, "cannot confirm claims; not starting units");
                     return BTreeSet::new();
                 }
             };
@@ -720,7 +721,8 @@ impl Agent {
         }
         match self.store.put_leased(&key, &record, self.lease).await {
             Ok(()) => {
-                debug!(unit.name = %name, active = %record.active, sub = %record.sub, "state reported");
+                let (active, sub) = (&record.active, &record.sub);
+                debug!(unit.name = %name, active = %active, sub = %sub, "state reported");
                 self.reported.insert(name.clone(), record);
             }
             Err(error) => warn!(unit.name = %name, error = %format!("{error:#}"), "report failed"),

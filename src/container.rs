@@ -337,7 +337,8 @@ mod tests {
     fn every_key_is_read() {
         let spec = spec(
             "[Container]\nImage=registry:5000/workload:1\nExec=httpd -f -p \"8080\"\n\
-             Entrypoint=/bin/busybox\nEnvironment=A=1 \"B=two words\"\nEnvironmentFile=/etc/app.env\n\
+             Entrypoint=/bin/busybox\nEnvironment=A=1 \"B=two words\"\n\
+             EnvironmentFile=/etc/app.env\n\
              PublishPort=8080:80\nPublishPort=127.0.0.1:5353:53/udp\nVolume=/srv:/data:ro\n\
              Network=host\nUser=nobody\nWorkingDir=/data\nLabel=team=web\nPullPolicy=never\n\
              HealthCmd=wget -q -O- localhost\nStopTimeout=5\n\

@@ -12,7 +12,7 @@
 //! | `machines/<id>` | [`MachineRecord`]: one per host | that host's lease |
 //! | `claims/<unit>` | [`ClaimRecord`]: the host that runs a unit | that host's lease |
 //! | `claims/<unit>/<id>` | [`ClaimRecord`]: one copy of a global unit | that host's lease |
-//! | `states/<id>/<unit>` | [`StateRecord`]: what systemd reports on that host | that host's lease |
+//! | `states/<id>/<unit>` | [`StateRecord`]: what systemd reports there | that host's lease |
 //! | `engine` | [`EngineRecord`]: the host running the placement engine | that host's lease |
 //! | `problems/<unit>` | [`ProblemRecord`]: why a unit cannot be placed | the engine's lease |
 

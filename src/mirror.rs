@@ -105,7 +105,8 @@ impl Mirror {
         if let Err(error) = self.try_put(&key, kv) {
             // A garbage value must not erase what a good one said before it.
             if self.bad_keys.insert(kv.key().to_vec()) {
-                warn!(key = %String::from_utf8_lossy(kv.key()), error = %error, "skipping bad record");
+                let key = String::from_utf8_lossy(kv.key());
+                warn!(key = %key, error = %error, "skipping bad record");
             }
             self.delete(&key);
             return;

@@ -161,7 +161,9 @@ fn replaces_takes_the_host_and_moves_the_other_unit_away() {
 fn template_instances_resolve_specifiers() {
     let s = scenario();
     s.cleanup(&["geo@*"]);
-    let geo = "[Unit]\nDescription=geo %i\n\n[Service]\nExecStart=/bin/sh -c 'echo %n %p %i > /run/geo-%i; exec sleep infinity'\n\n[X-Fleet]\nMachineMetadata=region=%i\n";
+    let geo = "[Unit]\nDescription=geo %i\n\n[Service]\n\
+        ExecStart=/bin/sh -c 'echo %n %p %i > /run/geo-%i; exec sleep infinity'\n\n\
+        [X-Fleet]\nMachineMetadata=region=%i\n";
     let files = s.unit_files(&[("geo@.service", geo)]);
     // The instance is made from the template beside the named file.
     let instance = files[0].replace("geo@.service", "geo@west.service");
@@ -180,7 +182,8 @@ fn template_instances_resolve_specifiers() {
 fn stop_unload_and_destroy_leave_no_trace() {
     let s = scenario();
     s.cleanup(&["trace.service"]);
-    let unit = "[Service]\nExecStart=/bin/sleep infinity\nExecStop=/bin/sh -c 'sleep 2; touch /run/trace-stopped'\n";
+    let unit = "[Service]\nExecStart=/bin/sleep infinity\n\
+        ExecStop=/bin/sh -c 'sleep 2; touch /run/trace-stopped'\n";
     let files = s.unit_files(&[("trace.service", unit)]);
     s.ok(&["start", &files[0]]);
     let host = s.active_on("trace.service")[0];
