@@ -7,7 +7,7 @@
 //!
 //! Host state reports (`states/`) are not mirrored: no decision depends on another host's report.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -73,18 +73,6 @@ impl Mirror {
     /// The desired state of a unit; units without a record are inactive.
     pub fn desired_state(&self, unit: &UnitName) -> DesiredState {
         self.desired.get(unit).copied().unwrap_or(DesiredState::Inactive)
-    }
-
-    /// Every machine that holds a claim on `unit`, global or not.
-    pub fn claimed_on(&self, unit: &UnitName) -> BTreeSet<String> {
-        let mut machines = BTreeSet::new();
-        if let Some(claim) = self.claims.get(unit) {
-            machines.insert(claim.machine.clone());
-        }
-        if let Some(copies) = self.global_claims.get(unit) {
-            machines.extend(copies.keys().cloned());
-        }
-        machines
     }
 
     /// Replaces the whole copy with a fresh listing.

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, PutOptions,
-    Txn, TxnOp,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
 };
 use futures_util::future::join_all;
 use tracing::debug;
@@ -167,11 +166,6 @@ impl Store {
         self.client.read().expect("client lock").clone()
     }
 
-    /// The endpoints this store was opened with.
-    pub fn endpoints(&self) -> &[String] {
-        &self.endpoints
-    }
-
     /// Reads every key under one prefix at a single revision.
     pub async fn list(&self, prefix: &str) -> anyhow::Result<Listing> {
         let response = self
@@ -182,27 +176,6 @@ impl Store {
         let revision = response.header().map_or(0, |h| h.revision());
         let mut response = response;
         Ok(Listing { revision, kvs: response.take_kvs() })
-    }
-
-    /// Reads several prefixes in one transaction, so they all reflect the same revision.
-    pub async fn list_many(&self, prefixes: &[String]) -> anyhow::Result<(i64, Vec<KeyValue>)> {
-        let ops: Vec<TxnOp> = prefixes
-            .iter()
-            .map(|p| TxnOp::get(p.as_str(), Some(GetOptions::new().with_prefix())))
-            .collect();
-        let response = self
-            .client()
-            .txn(Txn::new().and_then(ops))
-            .await
-            .context("failed to read the keyspace")?;
-        let revision = response.header().map_or(0, |h| h.revision());
-        let mut kvs = Vec::new();
-        for op in response.op_responses() {
-            if let etcd_client::TxnOpResponse::Get(mut get) = op {
-                kvs.extend(get.take_kvs());
-            }
-        }
-        Ok((revision, kvs))
     }
 
     /// Reads one record; `None` when the key is absent.
@@ -355,15 +328,6 @@ impl Store {
         for txn in batch.finish() {
             self.client().txn(txn).await.context("failed to destroy units")?;
         }
-        Ok(())
-    }
-
-    /// Deletes every key under a prefix.
-    pub async fn delete_prefix(&self, prefix: &str) -> anyhow::Result<()> {
-        self.client()
-            .delete(prefix, Some(DeleteOptions::new().with_prefix()))
-            .await
-            .with_context(|| format!("failed to delete {prefix}"))?;
         Ok(())
     }
 

@@ -31,9 +31,9 @@ pub struct View {
 impl View {
     /// Reads the whole keyspace at one revision; records that do not decode are left out.
     pub async fn read(store: &Store) -> anyhow::Result<View> {
-        let (revision, kvs) = store.list_many(&[store.keys.root()]).await?;
-        let mut view = View { revision, ..View::default() };
-        for kv in &kvs {
+        let listing = store.list(&store.keys.root()).await?;
+        let mut view = View { revision: listing.revision, ..View::default() };
+        for kv in &listing.kvs {
             let Some(key) = store.keys.parse(kv.key()) else {
                 continue;
             };
