@@ -330,12 +330,7 @@ fn a_flotd_killed_and_restarted_within_the_ttl_keeps_units_running() {
         })
         .collect();
 
-    let flotd_pid = s.host(host, &["systemctl", "show", "-p", "MainPID", "--value", "flotd"]);
-    s.host(host, &["kill", "-9", &flotd_pid]);
-    s.wait_for("flotd restarted by systemd", Duration::from_secs(10), || {
-        let pid = s.host(host, &["systemctl", "show", "-p", "MainPID", "--value", "flotd"]);
-        (pid != flotd_pid && pid != "0").then_some(())
-    });
+    s.kill_flotd(host);
     // Give the restarted agent time to converge; it must find nothing to change.
     std::thread::sleep(TTL + Duration::from_secs(2));
 

@@ -97,12 +97,7 @@ fn restarting_flotd_adopts_its_containers() {
     let before = containers_of(&s, host, "adopt.container");
     assert_eq!(before.len(), 1);
 
-    let pid = s.host(host, &["systemctl", "show", "-p", "MainPID", "--value", "flotd"]);
-    s.host(host, &["kill", "-9", &pid]);
-    s.wait_for("flotd restarted", Duration::from_secs(10), || {
-        let now = s.host(host, &["systemctl", "show", "-p", "MainPID", "--value", "flotd"]);
-        (now != pid && now != "0").then_some(())
-    });
+    s.kill_flotd(host);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(containers_of(&s, host, "adopt.container"), before);
     assert_eq!(s.active_on("adopt.container"), [host]);

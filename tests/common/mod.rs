@@ -252,6 +252,18 @@ impl Scenario {
         traces
     }
 
+    /// Kills flotd on a host with SIGKILL and waits until systemd has started it again.
+    pub fn kill_flotd(&self, host: &str) {
+        let main_pid =
+            || self.host(host, &["systemctl", "show", "-p", "MainPID", "--value", "flotd"]);
+        let killed = main_pid();
+        self.host(host, &["kill", "-9", &killed]);
+        self.wait_for("flotd restarted by systemd", Duration::from_secs(10), || {
+            let now = main_pid();
+            (now != killed && now != "0").then_some(())
+        });
+    }
+
     /// Makes sure a host container runs and its flotd is active.
     pub fn ensure_host_up(&self, host: &str) {
         let running = Command::new("docker")
