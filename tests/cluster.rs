@@ -417,7 +417,10 @@ fn a_unit_systemd_rejects_is_reported_and_does_not_block_the_others() {
 #[test]
 fn a_failing_unit_is_restarted_with_backoff_and_the_count_is_shown() {
     let s = scenario();
-    let files = s.unit_files(&[("flaky.service", "[Service]\nExecStart=/bin/false\n")]);
+    // A failing ExecStartPre= fails the start job itself, so the unit is never seen active, not
+    // even for the moment a failing ExecStart= would be.
+    let flaky = "[Service]\nExecStartPre=/bin/false\nExecStart=/bin/sleep infinity\n";
+    let files = s.unit_files(&[("flaky.service", flaky)]);
     let run = s.flotctl(&["start", &files[0], "--timeout", "20s"]);
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("failed"), "{}", run.stderr);

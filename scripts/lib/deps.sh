@@ -14,6 +14,15 @@ declare -A FLOTILLA_DEP_PACKAGES=(
   [docker]=docker.io
 )
 
+# file -> Debian package that provides it, for what is not a command: the
+# well-known .proto files protoc imports while etcd-client builds, and the
+# binaries copied into the registry and workload images.
+declare -A FLOTILLA_DEP_FILES=(
+  [/usr/include/google/protobuf/descriptor.proto]=libprotobuf-dev
+  [/usr/bin/docker-registry]=docker-registry
+  [/bin/busybox]=busybox-static
+)
+
 deps_log_dir() {
   local root=${FLOTILLA_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
   printf '%s/target/cluster-cache\n' "$root"
@@ -40,6 +49,10 @@ install_missing_packages() {
   local cmd missing=()
   for cmd in "${!FLOTILLA_DEP_PACKAGES[@]}"; do
     has_cmd "$cmd" || missing+=("${FLOTILLA_DEP_PACKAGES[$cmd]}")
+  done
+  local file
+  for file in "${!FLOTILLA_DEP_FILES[@]}"; do
+    [[ -e $file ]] || missing+=("${FLOTILLA_DEP_FILES[$file]}")
   done
   [[ ${#missing[@]} -eq 0 ]] && return 0
   echo "installing missing packages: ${missing[*]}" >&2

@@ -38,7 +38,6 @@ fn bin(name: &str) -> PathBuf {
 /// One test's hold on the shared cluster; dropping it after a panic prints the agents' logs.
 pub struct Scenario {
     _serial: MutexGuard<'static, ()>,
-    started: Instant,
 }
 
 /// Takes the cluster for one test, starting it on first use.
@@ -55,7 +54,7 @@ pub fn scenario() -> Scenario {
             .expect("run scripts/cluster up");
         assert!(status.success(), "scripts/cluster up failed");
     });
-    let scenario = Scenario { _serial: serial, started: Instant::now() };
+    let scenario = Scenario { _serial: serial };
     // A previous test may have left a host down; every test starts from three live hosts.
     for host in HOSTS {
         scenario.ensure_host_up(host);
@@ -76,10 +75,9 @@ impl Drop for Scenario {
         if !std::thread::panicking() {
             return;
         }
-        let since = format!("-{}s", self.started.elapsed().as_secs() + 5);
         for host in HOSTS {
             let out =
-                self.host_output(host, &["journalctl", "-u", "flotd", "--no-pager", "-S", &since]);
+                self.host_output(host, &["journalctl", "-u", "flotd", "--no-pager", "-n", "60"]);
             let text = String::from_utf8_lossy(&out.stdout);
             let tail: Vec<&str> = text.lines().rev().take(60).collect();
             eprintln!("--- flotd on {host} ---");
