@@ -25,10 +25,11 @@ use crate::engine::{self, EngineConfig};
 use crate::keyspace::{self, MachineRecord, RECORD_VERSION, StateRecord, Transition};
 use crate::lease::{self, Lease};
 use crate::mirror::{self, Mirror, SharedMirror};
+use crate::prepull::PrePuller;
 use crate::reconcile::{self, Action, Local, Restart, Want};
 use crate::store::{self, OPS_PER_TXN, Store};
 use crate::systemd::{self, Observed, Systemd};
-use crate::unit::{UnitFile, UnitName};
+use crate::unit::{FleetOptions, UnitFile, UnitName};
 
 /// How flotd is configured; every field comes from a flag or a `FLOTD_*` variable.
 #[derive(Clone, Debug)]
@@ -51,6 +52,8 @@ pub struct AgentConfig {
     pub keep_units_on_exit: bool,
     /// How long one unit may take to stop.
     pub stop_timeout: Duration,
+    /// Pull the image of every container unit this host could run as soon as it is submitted.
+    pub pre_pull: bool,
 }
 
 /// The shortest lease TTL accepted: below it a keepalive round trip is too large a share.
@@ -174,6 +177,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                     error!(error = %format!("{error:#}"), "lost Docker's events");
                 }
             });
+            if config.pre_pull {
+                let puller = PrePuller {
+                    store: store.clone(),
+                    mirror: mirror.clone(),
+                    docker: docker.clone(),
+                    machine: machine_id.clone(),
+                    metadata: config.metadata.clone(),
+                    lease: lease.id,
+                };
+                tokio::spawn(puller.run(changed_rx.clone(), tasks.clone()));
+            }
             Some(docker)
         }
         Err(error) => {
@@ -185,7 +199,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         Agent::new(store.clone(), systemd, docker, machine_id.clone(), lease.id, &config).await?;
     // Converge once from the warm cache before waiting: claims made before the listing would
     // otherwise wait for the next, unrelated change.
-    let wants_now = wants(&mirror.read().expect("mirror lock"), &machine_id);
+    // For two TTLs after start-up the engine may not have claimed the global units again yet.
+    let started = Instant::now();
+    let keep_globals =
+        |agent: &Agent| (started.elapsed() < config.ttl * 2).then(|| agent.installed.clone());
+    let wants_now = wants(
+        &mirror.read().expect("mirror lock"),
+        &machine_id,
+        keep_globals(&agent).as_ref(),
+        &config.metadata,
+    );
     agent.converge(&wants_now).await;
     let outcome = loop {
         let event = tokio::select! {
@@ -210,7 +233,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             }
             Event::Keyspace | Event::Timer => {}
         }
-        let wants = wants(&mirror.read().expect("mirror lock"), &machine_id);
+        let wants = wants(
+            &mirror.read().expect("mirror lock"),
+            &machine_id,
+            keep_globals(&agent).as_ref(),
+            &config.metadata,
+        );
         agent.converge(&wants).await;
     };
 
@@ -232,11 +260,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             info!("shutdown complete");
         }
         Err(_) => {
-            // The lease is gone or about to be: the units may already be placed elsewhere.
+            // Self-fencing: the lease is gone or about to be, and the units may soon be placed
+            // elsewhere. Global units cannot run twice, and `Fencing=false` units accepted the
+            // risk; the rest stop before the lease can expire in etcd. The lease file stays: if
+            // etcd lost quorum rather than this host, the lease is still alive when it returns,
+            // and the next flotd takes it up with its claims.
             tasks.cancel();
-            info!("stopping local units");
-            agent.converge(&BTreeMap::new()).await;
-            let _ = std::fs::remove_file(&lease_file);
+            let wants =
+                wants(&mirror.read().expect("mirror lock"), &machine_id, None, &config.metadata);
+            let keep: BTreeMap<UnitName, Want> =
+                wants.into_iter().filter(|(name, want)| !is_fenced(name, &want.text)).collect();
+            info!(kept = keep.len(), "fencing: stopping local units");
+            agent.converge(&keep).await;
         }
     }
     outcome
@@ -312,10 +347,17 @@ async fn register(
     }
 }
 
-/// The units this host should have, from the mirror.
-fn wants(mirror: &Mirror, machine_id: &str) -> BTreeMap<UnitName, Want> {
+/// The units this host should have, from the mirror: those claimed for it and, given
+/// `installed`, the global units it already runs and may run, so that a restarted flotd keeps
+/// them while the engine claims them again for its new lease.
+fn wants(
+    mirror: &Mirror,
+    machine_id: &str,
+    installed: Option<&BTreeMap<UnitName, String>>,
+    metadata: &BTreeMap<String, String>,
+) -> BTreeMap<UnitName, Want> {
     let mut wants = BTreeMap::new();
-    let mine = mirror
+    let claimed = mirror
         .claims
         .iter()
         .filter(|(_, claim)| claim.machine == machine_id)
@@ -327,7 +369,16 @@ fn wants(mirror: &Mirror, machine_id: &str) -> BTreeMap<UnitName, Want> {
                 .filter(|(_, copies)| copies.contains_key(machine_id))
                 .map(|(name, _)| name),
         );
-    for name in mine {
+    let kept_global = installed.into_iter().flat_map(|i| i.keys()).filter(|name| {
+        let Some(record) = mirror.units.get(*name) else { return false };
+        let options = UnitFile::parse(name, record.text.as_bytes())
+            .ok()
+            .and_then(|file| FleetOptions::from_unit(name, &file).ok());
+        options.is_some_and(|o| {
+            o.global && o.matches_machine_id(machine_id) && o.matches_metadata(metadata)
+        })
+    });
+    for name in claimed.chain(kept_global) {
         let Some(record) = mirror.units.get(name) else {
             continue;
         };
@@ -348,6 +399,15 @@ fn wants(mirror: &Mirror, machine_id: &str) -> BTreeMap<UnitName, Want> {
         );
     }
     wants
+}
+
+/// Whether a unit is stopped when its host can no longer renew its lease: all but global units
+/// and those with `Fencing=false`.
+fn is_fenced(name: &UnitName, text: &str) -> bool {
+    let options = UnitFile::parse(name, text.as_bytes())
+        .ok()
+        .and_then(|file| FleetOptions::from_unit(name, &file).ok());
+    options.is_none_or(|o| !o.global && o.fencing)
 }
 
 /// systemd units are retried after failures; containers follow their `Restart=` and
@@ -629,8 +689,10 @@ impl Agent {
                     let Some(keyspace::Key::Claim(name, _)) = keys.parse(kv.key()) else {
                         continue;
                     };
+                    // A claim is this host's only if it is bound to this host's lease too.
                     let claim = keyspace::decode::<keyspace::ClaimRecord>(kv.value());
-                    if claim.is_ok_and(|c| c.machine == self.machine_id) {
+                    if claim.is_ok_and(|c| c.machine == self.machine_id) && kv.lease() == self.lease
+                    {
                         confirmed.insert(name);
                     }
                 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::unit::{Entry, UnitFile};
+use crate::unit::{Entry, FleetOptions, UnitFile, UnitName};
 
 /// The section that describes the container.
 pub const CONTAINER_SECTION: &str = "Container";
@@ -86,6 +86,8 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
     /// When to pull.
     pub pull_policy: PullPolicy,
+    /// Whether every host that could run the unit pulls its image as soon as it is submitted.
+    pub pre_pull: bool,
     /// The health check command, run by the engine.
     pub health_cmd: Option<Vec<String>>,
     /// How long `stop` waits before killing.
@@ -142,6 +144,7 @@ const CONTAINER_KEYS: &[&str] = &[
     "WorkingDir",
     "Label",
     "PullPolicy",
+    "PrePull",
     "HealthCmd",
     "StopTimeout",
 ];
@@ -217,6 +220,12 @@ impl ContainerSpec {
             Some((_, "never")) => PullPolicy::Never,
             Some((e, _)) => return Err(bad(e, "PullPolicy", "expected missing, always or never")),
         };
+        let pre_pull = match last("PrePull").map(|e| (e, e.value.as_str())) {
+            None => true,
+            Some((_, "yes" | "true" | "on" | "1")) => true,
+            Some((_, "no" | "false" | "off" | "0")) => false,
+            Some((e, _)) => return Err(bad(e, "PrePull", "expected yes or no")),
+        };
         let stop_timeout = match last("StopTimeout") {
             None => Duration::from_secs(10),
             Some(e) => seconds(e, "StopTimeout")?,
@@ -247,12 +256,38 @@ impl ContainerSpec {
             working_dir: optional("WorkingDir"),
             labels,
             pull_policy,
+            pre_pull,
             health_cmd,
             stop_timeout,
             restart,
             restart_sec,
         })
     }
+}
+
+/// The image `machine` should hold ahead of need for the unit `name` with file `text`, if any.
+///
+/// That is the image of a container unit (not a template) that keeps the default `PrePull=yes`,
+/// may pull (`PullPolicy=` is not `never`) and whose `[X-Fleet]` `MachineID=` and
+/// `MachineMetadata=` admit the machine. Conflicts and `MachineOf=` are left out: they depend on
+/// where other units run at the moment, and an image pulled in vain costs only disk.
+pub fn image_to_pre_pull(
+    name: &UnitName,
+    text: &str,
+    machine_id: &str,
+    metadata: &BTreeMap<String, String>,
+) -> Option<String> {
+    if name.suffix() != ".container" || name.is_template() {
+        return None;
+    }
+    let file = UnitFile::parse(name, text.as_bytes()).ok()?;
+    let spec = ContainerSpec::from_unit(&file).ok()?;
+    if !spec.pre_pull || spec.pull_policy == PullPolicy::Never {
+        return None;
+    }
+    let options = FleetOptions::from_unit(name, &file).ok()?;
+    (options.matches_machine_id(machine_id) && options.matches_metadata(metadata))
+        .then_some(spec.image)
 }
 
 fn unknown(entry: &Entry, section: &'static str) -> ContainerError {
@@ -325,7 +360,6 @@ fn parse_volume(entry: &Entry) -> Result<VolumeMount, ContainerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unit::UnitName;
 
     fn spec(text: &str) -> Result<ContainerSpec, ContainerError> {
         let name = UnitName::parse("app.container").unwrap();
@@ -374,6 +408,7 @@ mod tests {
             ("[Container]\nImage=a\nExec=\"unterminated\n", "line 3: bad Exec="),
             ("[Container]\nImage=a\nLabel=flotilla.unit=x\n", "flotilla.*"),
             ("[Container]\nImage=a\nStopTimeout=soon\n", "line 3: bad StopTimeout="),
+            ("[Container]\nImage=a\nPrePull=later\n", "line 3: bad PrePull="),
             ("[Container]\nImage=a\n[Service]\nRestart=sometimes\n", "line 4: bad Restart="),
         ];
         for (text, expected) in cases {
@@ -388,6 +423,29 @@ mod tests {
         assert_eq!(spec.pull_policy, PullPolicy::Missing);
         assert_eq!(spec.restart, RestartPolicy::No);
         assert_eq!(spec.stop_timeout, Duration::from_secs(10));
+        assert!(spec.pre_pull);
         assert!(spec.exec.is_none() && spec.ports.is_empty());
+    }
+
+    #[test]
+    fn images_are_pre_pulled_only_where_the_unit_could_run() {
+        let east = BTreeMap::from([("region".to_string(), "east".to_string())]);
+        let west = BTreeMap::from([("region".to_string(), "west".to_string())]);
+        let id = "0123456789abcdef0123456789abcdef";
+        let pull = |name: &str, text: &str, metadata: &BTreeMap<String, String>| {
+            image_to_pre_pull(&UnitName::parse(name).unwrap(), text, id, metadata)
+        };
+        let plain = "[Container]\nImage=reg:5000/app:1\n";
+        assert_eq!(pull("app.container", plain, &west).as_deref(), Some("reg:5000/app:1"));
+        let pinned = format!("{plain}[X-Fleet]\nMachineMetadata=region=east\n");
+        assert!(pull("app.container", &pinned, &east).is_some());
+        assert!(pull("app.container", &pinned, &west).is_none());
+        let elsewhere = format!("{plain}[X-Fleet]\nMachineID=fedcba\n");
+        assert!(pull("app.container", &elsewhere, &east).is_none());
+        assert!(pull("app.container", &format!("{plain}PrePull=no\n"), &east).is_none());
+        assert!(pull("app.container", &format!("{plain}PullPolicy=never\n"), &east).is_none());
+        assert!(pull("app@.container", plain, &east).is_none());
+        assert!(pull("app.service", "[Service]\nExecStart=/bin/true\n", &east).is_none());
+        assert!(pull("app@1.container", plain, &east).is_some());
     }
 }

@@ -90,28 +90,43 @@ impl DockerEngine {
         Ok(found)
     }
 
+    /// Whether the engine holds `image`.
+    pub async fn has_image(&self, image: &str) -> bool {
+        self.docker.inspect_image(image).await.is_ok()
+    }
+
+    /// Pulls `image` from its registry, logging the engine's progress.
+    pub async fn pull(&self, image: &str) -> anyhow::Result<()> {
+        info!(image = %image, "pulling image");
+        let options = CreateImageOptionsBuilder::new().from_image(image).build();
+        let mut progress = self.docker.create_image(Some(options), None, None);
+        while let Some(step) = progress.next().await {
+            let step =
+                step.map_err(engine_error).with_context(|| format!("failed to pull {image}"))?;
+            let (Some(status), layer) = (step.status, step.id.unwrap_or_default()) else {
+                continue;
+            };
+            // Byte counts arrive many times a second per layer; the milestones are worth more.
+            if matches!(status.as_str(), "Downloading" | "Extracting" | "Waiting") {
+                debug!(image = %image, layer = %layer, status = %status, "pull progress");
+            } else {
+                info!(image = %image, layer = %layer, status = %status, "pull progress");
+            }
+        }
+        info!(image = %image, "image pulled");
+        Ok(())
+    }
+
     /// Makes the image present as the unit's pull policy says.
     async fn ensure_image(&self, spec: &ContainerSpec) -> anyhow::Result<()> {
-        let present = self.docker.inspect_image(&spec.image).await.is_ok();
+        let present = self.has_image(&spec.image).await;
         match (spec.pull_policy, present) {
             (PullPolicy::Never, false) => {
                 bail!("image {} is not present and PullPolicy=never", spec.image)
             }
-            (PullPolicy::Never, true) | (PullPolicy::Missing, true) => return Ok(()),
-            (PullPolicy::Missing, false) | (PullPolicy::Always, _) => {}
+            (PullPolicy::Never, true) | (PullPolicy::Missing, true) => Ok(()),
+            (PullPolicy::Missing, false) | (PullPolicy::Always, _) => self.pull(&spec.image).await,
         }
-        info!(image = %spec.image, "pulling image");
-        let options = CreateImageOptionsBuilder::new().from_image(&spec.image).build();
-        let mut progress = self.docker.create_image(Some(options), None, None);
-        while let Some(step) = progress.next().await {
-            let step = step
-                .map_err(engine_error)
-                .with_context(|| format!("failed to pull {}", spec.image))?;
-            if let Some(status) = step.status {
-                debug!(image = %spec.image, status = %status, "pull progress");
-            }
-        }
-        Ok(())
     }
 
     /// Creates the unit's container from its file, replacing any older one.

@@ -13,6 +13,7 @@
 //! | `claims/<unit>` | [`ClaimRecord`]: the host that runs a unit | that host's lease |
 //! | `claims/<unit>/<id>` | [`ClaimRecord`]: one copy of a global unit | that host's lease |
 //! | `states/<id>/<unit>` | [`StateRecord`]: what systemd reports there | that host's lease |
+//! | `images/<id>/<unit>` | [`ImageRecord`]: whether a host holds a container unit's image | that host's lease |
 //! | `engine` | [`EngineRecord`]: the host running the placement engine | that host's lease |
 //! | `problems/<unit>` | [`ProblemRecord`]: why a unit cannot be placed | the engine's lease |
 
@@ -149,6 +150,22 @@ pub struct StateRecord {
     pub transitions: Vec<Transition>,
 }
 
+/// Whether a host holds the image of a container unit it could run, pulled ahead of need.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRecord {
+    /// Always [`RECORD_VERSION`].
+    pub version: u32,
+    /// The host's machine id.
+    pub machine: String,
+    /// The image reference, as the unit's `Image=` names it.
+    pub image: String,
+    /// Whether the host's engine holds the image.
+    pub present: bool,
+    /// Why the last pull failed, while the image is not present.
+    pub error: Option<String>,
+}
+
 /// The host that runs the placement engine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -191,6 +208,7 @@ impl_record!(
     MachineRecord,
     ClaimRecord,
     StateRecord,
+    ImageRecord,
     EngineRecord,
     ProblemRecord
 );
@@ -234,6 +252,8 @@ pub enum Key {
     Claim(UnitName, Option<String>),
     /// `states/<id>/<unit>`
     State(String, UnitName),
+    /// `images/<id>/<unit>`
+    Image(String, UnitName),
     /// `engine`
     Engine,
     /// `problems/<unit>`
@@ -290,6 +310,11 @@ impl Keyspace {
         format!("{}/states/{machine}/{unit}", self.prefix)
     }
 
+    /// `images/<id>/<unit>`
+    pub fn image(&self, machine: &str, unit: &UnitName) -> String {
+        format!("{}/images/{machine}/{unit}", self.prefix)
+    }
+
     /// `engine`
     pub fn engine(&self) -> String {
         format!("{}/engine", self.prefix)
@@ -321,10 +346,13 @@ impl Keyspace {
                 }
                 Some(_) => None,
             },
-            "states" => {
+            "states" | "images" => {
                 let (machine, name) = rest.split_once('/')?;
                 is_machine_id(machine).then_some(())?;
-                Some(Key::State(machine.to_string(), unit(name)?))
+                match dir {
+                    "states" => Some(Key::State(machine.to_string(), unit(name)?)),
+                    _ => Some(Key::Image(machine.to_string(), unit(name)?)),
+                }
             }
             _ => None,
         }
@@ -365,6 +393,7 @@ mod tests {
                 Key::Claim(name("g.service"), Some(ID.into())),
             ),
             (ks.state(ID, &name("a.service")), Key::State(ID.into(), name("a.service"))),
+            (ks.image(ID, &name("web.container")), Key::Image(ID.into(), name("web.container"))),
             (ks.engine(), Key::Engine),
             (ks.problem(&name("a.service")), Key::Problem(name("a.service"))),
         ];

@@ -25,6 +25,7 @@ pub mod keyspace;
 pub mod lease;
 pub mod mirror;
 pub mod placement;
+pub mod prepull;
 pub mod reconcile;
 pub mod store;
 pub mod systemd;

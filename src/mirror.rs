@@ -39,6 +39,8 @@ pub struct ClaimEntry {
     pub machine: String,
     /// The revision the claim was written at.
     pub revision: i64,
+    /// The lease the claim is bound to; a claim the engine wrote has its machine's lease.
+    pub lease: i64,
 }
 
 /// The decoded keyspace at one revision.
@@ -124,7 +126,11 @@ impl Mirror {
             }
             Key::Claim(name, global_on) => {
                 let record: ClaimRecord = keyspace::decode(value)?;
-                let entry = ClaimEntry { machine: record.machine, revision: kv.mod_revision() };
+                let entry = ClaimEntry {
+                    machine: record.machine,
+                    revision: kv.mod_revision(),
+                    lease: kv.lease(),
+                };
                 match global_on {
                     None => {
                         self.claims.insert(name.clone(), entry);
@@ -145,7 +151,7 @@ impl Mirror {
                 let record: ProblemRecord = keyspace::decode(value)?;
                 self.problems.insert(name.clone(), record.reason);
             }
-            Key::State(..) => {}
+            Key::State(..) | Key::Image(..) => {}
         }
         Ok(())
     }
@@ -177,7 +183,7 @@ impl Mirror {
             Key::Problem(name) => {
                 self.problems.remove(name);
             }
-            Key::State(..) => {}
+            Key::State(..) | Key::Image(..) => {}
         }
     }
 }

@@ -717,7 +717,7 @@ fn parse_sections(text: &str) -> Result<Vec<Section>, UnitError> {
 ///
 /// Values returned by [`FleetOptions::from_unit`] are well-formed (valid names, globs and machine
 /// id prefixes) and free of the contradictions listed there.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetOptions {
     /// Run only on a machine whose id starts with this lowercase hex prefix.
     pub machine_id: Option<String>,
@@ -731,6 +731,24 @@ pub struct FleetOptions {
     pub global: bool,
     /// Take the machine of these units, which then move elsewhere.
     pub replaces: Vec<UnitName>,
+    /// Stop the unit when its host can no longer renew its lease (the default). `Fencing=false`
+    /// keeps it running through a partition, at the price of a possible second copy elsewhere.
+    pub fencing: bool,
+}
+
+impl Default for FleetOptions {
+    /// No constraints, fenced.
+    fn default() -> FleetOptions {
+        FleetOptions {
+            machine_id: None,
+            machine_of: Vec::new(),
+            metadata: BTreeMap::new(),
+            conflicts: Vec::new(),
+            global: false,
+            replaces: Vec::new(),
+            fencing: true,
+        }
+    }
 }
 
 impl FleetOptions {
@@ -846,16 +864,18 @@ enum OptionKey {
     Conflicts,
     Global,
     Replaces,
+    Fencing,
 }
 
 impl OptionKey {
-    const ALL: [OptionKey; 6] = [
+    const ALL: [OptionKey; 7] = [
         OptionKey::MachineId,
         OptionKey::MachineOf,
         OptionKey::MachineMetadata,
         OptionKey::Conflicts,
         OptionKey::Global,
         OptionKey::Replaces,
+        OptionKey::Fencing,
     ];
 
     fn from_key(key: &str) -> Option<OptionKey> {
@@ -877,6 +897,7 @@ impl OptionKey {
             OptionKey::Conflicts => "Conflicts",
             OptionKey::Global => "Global",
             OptionKey::Replaces => "Replaces",
+            OptionKey::Fencing => "Fencing",
         }
     }
 }
@@ -981,6 +1002,7 @@ impl<T> Located<T> {
 struct Collected {
     machine_id: Option<Located<String>>,
     global: Option<Located<bool>>,
+    fencing: Option<Located<bool>>,
     machine_of: Vec<Located<UnitName>>,
     metadata: Vec<Located<(String, String)>>,
     conflicts: Vec<Located<String>>,
@@ -999,6 +1021,10 @@ impl Collected {
             OptionKey::Global => {
                 let global = Located::new(parse_bool(line, key, text)?, line, dependent);
                 set_once(&mut self.global, key, global, bool::to_string)
+            }
+            OptionKey::Fencing => {
+                let fencing = Located::new(parse_bool(line, key, text)?, line, dependent);
+                set_once(&mut self.fencing, key, fencing, bool::to_string)
             }
             OptionKey::MachineOf => {
                 for item in split_items(line, key, text)? {
@@ -1038,6 +1064,7 @@ impl Collected {
         match key {
             OptionKey::MachineId => self.machine_id = None,
             OptionKey::Global => self.global = None,
+            OptionKey::Fencing => self.fencing = None,
             OptionKey::MachineOf => self.machine_of.clear(),
             OptionKey::MachineMetadata => self.metadata.clear(),
             OptionKey::Conflicts => self.conflicts.clear(),
@@ -1121,6 +1148,7 @@ impl Collected {
             conflicts: self.conflicts.into_iter().map(|pattern| pattern.value).collect(),
             global: self.global.is_some_and(|global| global.value),
             replaces: self.replaces.into_iter().map(|target| target.value).collect(),
+            fencing: self.fencing.is_none_or(|fencing| fencing.value),
         }
     }
 }
@@ -1572,8 +1600,25 @@ mod tests {
             conflicts: vec!["web@*.service".into(), "other.service".into()],
             global: false,
             replaces: vec![name("web-old.service")],
+            fencing: true,
         };
         assert_eq!(options, expected);
+    }
+
+    #[test]
+    fn fencing_is_on_unless_switched_off() {
+        let options = |text: &str| {
+            let unit_name = name("keep.service");
+            let file = UnitFile::parse(&unit_name, text.as_bytes()).expect("parses");
+            FleetOptions::from_unit(&unit_name, &file)
+        };
+        assert!(options("[X-Fleet]\nMachineOf=a.service\n").unwrap().fencing);
+        assert!(!options("[X-Fleet]\nFencing=no\n").unwrap().fencing);
+        assert!(options("[X-Fleet]\nFencing=no\nFencing=\n").unwrap().fencing);
+        let twice = options("[X-Fleet]\nFencing=no\nFencing=yes\n").unwrap_err().to_string();
+        assert!(twice.contains("line 3"), "{twice}");
+        let bad = options("[X-Fleet]\nFencing=sometimes\n").unwrap_err().to_string();
+        assert!(bad.contains("line 2") && bad.contains("Fencing"), "{bad}");
     }
 
     #[test]

@@ -36,13 +36,56 @@ fn containers_of(s: &common::Scenario, host: &str, unit: &str) -> Vec<String> {
     out.lines().map(str::to_string).collect()
 }
 
-const SLEEPER: &str = "[Container]\nImage=flotilla-workload:latest\nExec=sleep 1000000\n";
+/// The workload image as the hosts pull it from the cluster's registry.
+const WORKLOAD: &str = "172.31.90.30:5000/flotilla/workload";
+/// The same repository as this machine pushes to it.
+const WORKLOAD_PUSH: &str = "127.0.0.1:25000/flotilla/workload";
+
+const SLEEPER: &str =
+    "[Container]\nImage=172.31.90.30:5000/flotilla/workload:latest\nExec=sleep 1000000\n";
+
+/// Pushes the workload image under a tag no host holds yet, so that getting it is a real pull;
+/// returns the reference the hosts pull.
+fn fresh_image(s: &common::Scenario) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let tag = format!("t{}", nanos.as_nanos());
+    let pushed = format!("{WORKLOAD_PUSH}:{tag}");
+    s.docker(&["tag", &format!("{WORKLOAD_PUSH}:latest"), &pushed]);
+    s.docker(&["push", "-q", &pushed]);
+    s.docker(&["rmi", &pushed]);
+    format!("{WORKLOAD}:{tag}")
+}
+
+fn holds_image(s: &common::Scenario, host: &str, image: &str) -> bool {
+    s.host_output(host, &["docker", "image", "inspect", image]).status.success()
+}
+
+fn epoch() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    now.as_secs().to_string()
+}
+
+/// The image pulls a host's engine logged between two `epoch()` readings.
+fn pulls_on(s: &common::Scenario, host: &str, since: &str, until: &str) -> String {
+    let filters = ["--filter", "type=image", "--filter", "event=pull"];
+    let mut args = vec!["docker", "events", "--since", since, "--until", until];
+    args.extend(filters);
+    s.host(host, &args)
+}
+
+/// The `images` column of list-unit-files for one unit.
+fn images_column(s: &common::Scenario, unit: &str) -> String {
+    let json = s.ok(&["list-unit-files", "-o", "json", "--fields", "unit,images"]);
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["unit"] == unit).cloned();
+    row.map(|r| r["images"].as_str().unwrap_or("-").to_string()).unwrap_or_default()
+}
 
 #[test]
 fn a_container_unit_publishes_its_port_and_gets_its_settings() {
     let s = scenario();
     let unit = "[Unit]\nDescription=web container\n\n[Container]\n\
-        Image=flotilla-workload:latest\nPullPolicy=never\n\
+        Image=172.31.90.30:5000/flotilla/workload:latest\n\
         Exec=/bin/sh -c 'mkdir -p /www; echo \"$GREETING\" > /www/index.html; \
         echo vol > /data/marker; exec httpd -f -p 8080 -h /www'\n\
         Environment=GREETING=hello-from-a-container\nVolume=/run/flotilla-test-vol:/data\n\
@@ -72,8 +115,8 @@ fn a_container_unit_publishes_its_port_and_gets_its_settings() {
 #[test]
 fn a_container_that_exits_non_zero_is_reported_failed_and_restarted_on_failure() {
     let s = scenario();
-    let unit = "[Container]\nImage=flotilla-workload:latest\nExec=/bin/sh -c 'sleep 1; exit 3'\n\
-        \n[Service]\nRestart=on-failure\n";
+    let unit = "[Container]\nImage=172.31.90.30:5000/flotilla/workload:latest\n\
+        Exec=/bin/sh -c 'sleep 1; exit 3'\n\n[Service]\nRestart=on-failure\n";
     let files = s.unit_files(&[("crash.container", unit)]);
     s.ok(&["start", "--no-block", &files[0]]);
     s.wait_for("the exit code and a restart in status", Duration::from_secs(30), || {
@@ -105,17 +148,27 @@ fn restarting_flotd_adopts_its_containers() {
 }
 
 #[test]
-fn a_killed_host_s_container_comes_up_on_a_survivor_without_a_pull_and_the_stale_copy_goes() {
+fn images_are_pulled_where_the_unit_could_run_and_a_failover_needs_no_pull() {
     let s = scenario();
-    let files = s.unit_files(&[("move.container", SLEEPER)]);
+    let image = fresh_image(&s);
+    // Only the two east hosts may run it: they pull, the west host does not.
+    let unit = format!(
+        "[Container]\nImage={image}\nExec=sleep 1000000\n\n[X-Fleet]\nMachineMetadata=region=east\n"
+    );
+    let files = s.unit_files(&[("move.container", &unit)]);
+    s.ok(&["submit", &files[0]]);
+    s.wait_for("the image on both east hosts", Duration::from_secs(60), || {
+        (images_column(&s, "move.container") == "2/2").then_some(())
+    });
+    assert!(holds_image(&s, "flotilla-host1", &image));
+    assert!(holds_image(&s, "flotilla-host3", &image));
+    assert!(!holds_image(&s, "flotilla-host2", &image), "the west host pulled");
+    let status = s.ok(&["status", "move.container"]);
+    assert!(status.contains(&format!("Image: {image} (on 2 of 2 eligible hosts)")), "{status}");
+
     s.ok(&["start", &files[0]]);
     let victim = s.active_on("move.container")[0];
-    let epoch = || {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-        now.as_secs().to_string()
-    };
     let since = epoch();
-
     let start = Instant::now();
     s.docker(&["kill", victim]);
     let survivor =
@@ -123,24 +176,8 @@ fn a_killed_host_s_container_comes_up_on_a_survivor_without_a_pull_and_the_stale
             let on = s.active_on("move.container");
             (on.len() == 1 && on[0] != victim).then(|| on[0])
         });
-    eprintln!("container failover took {:?}", start.elapsed());
-    let until = epoch();
-    let pulls = s.host(
-        survivor,
-        &[
-            "docker",
-            "events",
-            "--since",
-            &since,
-            "--until",
-            &until,
-            "--filter",
-            "type=image",
-            "--filter",
-            "event=pull",
-        ],
-    );
-    assert_eq!(pulls, "", "the survivor pulled during failover");
+    eprintln!("container failover with the image present took {:?}", start.elapsed());
+    assert_eq!(pulls_on(&s, survivor, &since, &epoch()), "", "the survivor pulled");
 
     // The host comes back with the killed copy in its engine; its agent removes it.
     s.docker(&["start", victim]);
@@ -153,9 +190,65 @@ fn a_killed_host_s_container_comes_up_on_a_survivor_without_a_pull_and_the_stale
 }
 
 #[test]
+fn a_unit_with_pre_pull_off_is_pulled_only_where_it_starts() {
+    let s = scenario();
+    let image = fresh_image(&s);
+    let unit = format!("[Container]\nImage={image}\nPrePull=no\nExec=sleep 1000000\n");
+    let files = s.unit_files(&[("lazy.container", &unit)]);
+    s.ok(&["submit", &files[0]]);
+    // Give the hosts every chance to pull what they should not.
+    std::thread::sleep(Duration::from_secs(3));
+    for host in HOSTS {
+        assert!(!holds_image(&s, host, &image), "{host} pulled a PrePull=no image");
+    }
+    assert_eq!(images_column(&s, "lazy.container"), "-");
+
+    s.ok(&["start", &files[0]]);
+    let victim = s.active_on("lazy.container")[0];
+    for host in HOSTS {
+        assert_eq!(holds_image(&s, host, &image), host == victim, "{host}");
+    }
+    let since = epoch();
+    let start = Instant::now();
+    s.docker(&["kill", victim]);
+    let survivor =
+        s.wait_for("the container on a survivor", TTL * 2 + Duration::from_secs(10), || {
+            let on = s.active_on("lazy.container");
+            (on.len() == 1 && on[0] != victim).then(|| on[0])
+        });
+    eprintln!("container failover with a pull took {:?}", start.elapsed());
+    assert_ne!(pulls_on(&s, survivor, &since, &epoch()), "", "the survivor did not pull");
+    s.docker(&["start", victim]);
+    s.ensure_host_up(victim);
+    s.ok(&["destroy", "lazy.container"]);
+}
+
+#[test]
+fn a_pre_pull_that_fails_says_which_image_and_why() {
+    let s = scenario();
+    let image = format!("{WORKLOAD}-missing:1");
+    let unit = format!("[Container]\nImage={image}\nExec=sleep 1000000\n");
+    let files = s.unit_files(&[("absent.container", &unit)]);
+    s.ok(&["submit", &files[0]]);
+    let status = s.wait_for("three pull failures in status", Duration::from_secs(60), || {
+        let status = s.ok(&["status", "absent.container"]);
+        (status.matches("Pull failed on").count() == 3).then_some(status)
+    });
+    assert!(status.contains(&format!("Image: {image} (on 0 of 3 eligible hosts)")), "{status}");
+    assert!(status.contains(&format!("failed to pull {image}")), "{status}");
+    assert_eq!(images_column(&s, "absent.container"), "0/3");
+    s.ok(&["destroy", "absent.container"]);
+    s.wait_for("the image records gone", Duration::from_secs(10), || {
+        let keys = s.etcd_dump();
+        (!keys.keys().any(|k| k.contains("/images/"))).then_some(())
+    });
+}
+
+#[test]
 fn an_image_that_does_not_exist_fails_clearly_and_stays_put() {
     let s = scenario();
-    let unit = "[Container]\nImage=flotilla-workload:no-such-tag\nPullPolicy=never\n";
+    let unit =
+        "[Container]\nImage=172.31.90.30:5000/flotilla/workload:no-such-tag\nPullPolicy=never\n";
     let files = s.unit_files(&[("ghost.container", unit)]);
     let run = s.flotctl(&["start", &files[0], "--timeout", "20s"]);
     assert_ne!(run.code, 0);

@@ -1,11 +1,13 @@
 # shellcheck shell=bash
-# Builds the two images of the test cluster, each cached under a content tag.
-# Sourced by scripts/cluster; call ensure_images, then use $ETCD_IMAGE and
-# $HOST_IMAGE.
+# Builds the images of the test cluster, each cached under a content tag.
+# Sourced by scripts/cluster; call ensure_images, then use $ETCD_IMAGE,
+# $HOST_IMAGE, $REGISTRY_IMAGE and $WORKLOAD_IMAGE.
 #
-# No registry can be reached, so both images are made from this machine's
-# Debian packages: the etcd image from the installed etcd-server binary, the
-# host image from a debootstrap rootfs.
+# No registry can be reached, so every image is made from this machine's
+# Debian packages: the etcd and registry images from the installed
+# etcd-server and docker-registry binaries, the host image from a debootstrap
+# rootfs, the workload image (pushed to the cluster's own registry) from
+# busybox-static.
 
 IMAGES_LIB_FILE=$(realpath "${BASH_SOURCE[0]}")
 FLOTILLA_ROOT=${FLOTILLA_ROOT:-$(cd "$(dirname "$IMAGES_LIB_FILE")/../.." && pwd)}
@@ -13,6 +15,11 @@ IMAGES_CACHE_DIR="$FLOTILLA_ROOT/target/cluster-cache"
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 ETCD_BINARY=/usr/bin/etcd
+REGISTRY_BINARY=/usr/bin/docker-registry
+BUSYBOX_BINARY=/bin/busybox
+# Where the hosts reach the cluster's registry; their engines trust it
+# without TLS.
+REGISTRY_ADDRESS=172.31.90.30:5000
 
 # Everything a host needs on top of minbase; part of the host image's tag.
 HOST_PACKAGES=(
@@ -50,44 +57,73 @@ rootfs_key() {
     sha_of_stdin
 }
 
-# etcd tag: this script plus the exact binary and libraries copied into it,
-# so a Debian security update of etcd or libc gives a new image.
-etcd_image_tag() {
-  { cat "$IMAGES_LIB_FILE"; etcd_files | xargs sha256sum; } | sha_of_stdin
+# Tag of an image made from one binary: this script plus the exact binary and
+# libraries copied into it, so a Debian security update of the program or of
+# libc gives a new image.
+binary_image_tag() {
+  { cat "$IMAGES_LIB_FILE"; binary_files "$1" | xargs sha256sum; } | sha_of_stdin
 }
 
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
-# The etcd binary and the shared objects it loads (libc and ld-linux only,
-# but ask ldd rather than assume).
-etcd_files() {
-  echo "$ETCD_BINARY"
-  ldd "$ETCD_BINARY" | grep -o '/[^ ]*' | sort -u
+# A binary and the shared objects it loads (libc and ld-linux only for the
+# ones used here, but ask ldd rather than assume).
+binary_files() {
+  echo "$1"
+  ldd "$1" 2>/dev/null | grep -o '/[^ ]*' | sort -u || true
 }
 
-build_etcd_image() {
-  local image=$1 ctx
-  [[ -x $ETCD_BINARY ]] || { echo "error: $ETCD_BINARY missing (apt-get install etcd-server)" >&2; return 1; }
-  ctx=$(mktemp -d "$IMAGES_CACHE_DIR/etcd-ctx.XXXXXX")
+# Builds a scratch image holding one binary, its libraries and the extra
+# files below $ctx/rootfs that the caller's setup function puts there.
+#   build_binary_image IMAGE BINARY PACKAGE SETUP INSTRUCTION
+# where INSTRUCTION is the Dockerfile's last line (ENTRYPOINT or CMD).
+build_binary_image() {
+  local image=$1 binary=$2 package=$3 setup=$4 last=$5 ctx f
+  [[ -x $binary ]] || { echo "error: $binary missing (apt-get install $package)" >&2; return 1; }
+  ctx=$(mktemp -d "$IMAGES_CACHE_DIR/image-ctx.XXXXXX")
   # cp -L: /lib64/ld-linux-x86-64.so.2 is a symlink on merged-/usr systems,
   # and the scratch image needs the real file at the path ldd printed.
-  local f
-  for f in $(etcd_files); do
+  for f in $(binary_files "$binary"); do
     mkdir -p "$ctx/rootfs$(dirname "$f")"
     cp -L "$f" "$ctx/rootfs$f"
   done
-  mkdir -p "$ctx/rootfs/tmp" "$ctx/rootfs/var/lib/etcd"
+  mkdir -p "$ctx/rootfs/tmp"
   chmod 1777 "$ctx/rootfs/tmp"
-  cat >"$ctx/Dockerfile" <<'DOCKERFILE'
-FROM scratch
-COPY rootfs/ /
-ENTRYPOINT ["/usr/bin/etcd"]
-DOCKERFILE
+  "$setup" "$ctx/rootfs"
+  printf '%s\n' "FROM scratch" "COPY rootfs/ /" "$last" >"$ctx/Dockerfile"
   echo "building $image" >&2
-  local rc=0
-  docker build -t "$image" "$ctx" >"$IMAGES_CACHE_DIR/build-etcd.log" 2>&1 || rc=$?
+  local rc=0 log="$IMAGES_CACHE_DIR/build-${image%%:*}.log"
+  docker build -t "$image" "$ctx" >"$log" 2>&1 || rc=$?
   rm -rf "$ctx"
-  [[ $rc -eq 0 ]] || build_failed "$image" "$IMAGES_CACHE_DIR/build-etcd.log"
+  [[ $rc -eq 0 ]] || build_failed "$image" "$log"
+}
+
+etcd_setup() { mkdir -p "$1/var/lib/etcd"; }
+
+# Plain HTTP on :5000, storage in the container, deletes allowed; no auth.
+registry_setup() {
+  mkdir -p "$1/etc/docker/registry" "$1/var/lib/registry"
+  cat >"$1/etc/docker/registry/config.yml" <<'CONFIG'
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: /var/lib/registry
+  delete:
+    enabled: true
+http:
+  addr: :5000
+CONFIG
+}
+
+# busybox and the links its applets run through; CMD is the shell.
+workload_setup() {
+  mkdir -p "$1/bin"
+  local applet
+  for applet in $("$BUSYBOX_BINARY" --list); do
+    [[ $applet == busybox ]] || ln -sf busybox "$1/bin/$applet"
+  done
 }
 
 # docker build's own output (and the legacy builder's deprecation notice)
@@ -140,7 +176,9 @@ ensure_rootfs_tar() {
 
 # The last layer: what makes the rootfs boot systemd as PID 1 in a container.
 host_dockerfile() {
-  local base=$1 unit masks=""
+  local base=$1 unit masks="" daemon_json
+  daemon_json='{"storage-driver":"vfs","exec-opts":["native.cgroupdriver=systemd"],'
+  daemon_json+="\"insecure-registries\":[\"$REGISTRY_ADDRESS\"]}"
   for unit in "${HOST_MASKED_UNITS[@]}"; do
     masks+=" $unit"
   done
@@ -152,9 +190,8 @@ RUN for u in$masks; do ln -sf /dev/null "/etc/systemd/system/\$u"; done
 # nest, hence vfs. The systemd cgroup driver puts inner containers in scopes
 # under this host's own cgroup; with cgroupfs they would land in the
 # machine's top-level /docker/ tree, outside the host and its cleanup.
-RUN mkdir -p /etc/docker /etc/flotilla && \\
-    echo '{"storage-driver":"vfs","exec-opts":["native.cgroupdriver=systemd"]}' \\
-      >/etc/docker/daemon.json
+# The cluster's registry speaks plain HTTP.
+RUN mkdir -p /etc/docker /etc/flotilla && echo '$daemon_json' >/etc/docker/daemon.json
 # Each host bind-mounts its own id; an empty file (never a shared id) keeps
 # the image neutral.  dbus reads the same id.
 RUN : >/etc/machine-id && rm -f /var/lib/dbus/machine-id && \\
@@ -195,16 +232,28 @@ prune_old_tags() {
 
 ensure_images() {
   mkdir -p "$IMAGES_CACHE_DIR"
-  ETCD_IMAGE="flotilla-etcd:$(etcd_image_tag)"
+  ETCD_IMAGE="flotilla-etcd:$(binary_image_tag "$ETCD_BINARY")"
+  REGISTRY_IMAGE="flotilla-registry:$(binary_image_tag "$REGISTRY_BINARY")"
+  WORKLOAD_IMAGE="flotilla-workload:$(binary_image_tag "$BUSYBOX_BINARY")"
   HOST_IMAGE="flotilla-host:$(host_image_tag)"
   if ! image_exists "$ETCD_IMAGE"; then
-    build_etcd_image "$ETCD_IMAGE"
+    build_binary_image "$ETCD_IMAGE" "$ETCD_BINARY" etcd-server etcd_setup 'ENTRYPOINT ["/usr/bin/etcd"]'
     prune_old_tags flotilla-etcd "$ETCD_IMAGE"
+  fi
+  if ! image_exists "$REGISTRY_IMAGE"; then
+    build_binary_image "$REGISTRY_IMAGE" "$REGISTRY_BINARY" docker-registry registry_setup \
+      'ENTRYPOINT ["/usr/bin/docker-registry", "serve", "/etc/docker/registry/config.yml"]'
+    prune_old_tags flotilla-registry "$REGISTRY_IMAGE"
+  fi
+  if ! image_exists "$WORKLOAD_IMAGE"; then
+    build_binary_image "$WORKLOAD_IMAGE" "$BUSYBOX_BINARY" busybox-static workload_setup \
+      'CMD ["/bin/sh"]'
+    prune_old_tags flotilla-workload "$WORKLOAD_IMAGE"
   fi
   if ! image_exists "$HOST_IMAGE"; then
     build_host_image "$HOST_IMAGE"
     prune_old_tags flotilla-host "$HOST_IMAGE"
     prune_old_tags flotilla-host-base "flotilla-host-base:$(rootfs_key)"
   fi
-  export ETCD_IMAGE HOST_IMAGE
+  export ETCD_IMAGE HOST_IMAGE REGISTRY_IMAGE WORKLOAD_IMAGE
 }

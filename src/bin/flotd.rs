@@ -47,6 +47,10 @@ struct Args {
     /// How long one unit may take to stop (seconds, or e.g. "90s").
     #[arg(long, env = "FLOTD_STOP_TIMEOUT", default_value = "90", value_parser = parse_seconds)]
     stop_timeout: Duration,
+    /// Pull each container unit's image on every host that could run it as soon as the unit is
+    /// submitted, unless the unit says PrePull=no (true or false).
+    #[arg(long, env = "FLOTD_PRE_PULL", default_value_t = true, action = clap::ArgAction::Set)]
+    pre_pull: bool,
 }
 
 fn config(args: Args) -> anyhow::Result<AgentConfig> {
@@ -60,6 +64,7 @@ fn config(args: Args) -> anyhow::Result<AgentConfig> {
         runtime_dir: args.runtime_dir,
         keep_units_on_exit: args.keep_units_on_exit,
         stop_timeout: args.stop_timeout,
+        pre_pull: args.pre_pull,
     })
 }
 

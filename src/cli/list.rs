@@ -140,9 +140,13 @@ pub async fn list_unit_files(store: &Store, args: &ListArgs) -> anyhow::Result<(
             .as_ref()
             .and_then(|f| crate::unit::FleetOptions::from_unit(name, f).ok())
             .is_some_and(|o| o.global);
+        let images = view
+            .image_holders(name)
+            .map_or("-".into(), |h| format!("{}/{}", h.holding, h.eligible.len()));
         rows.push(Row::from([
             ("unit", name.to_string()),
             ("hash", if args.full { unit.hash.clone() } else { short_hash(&unit.hash) }),
+            ("images", images),
             ("dstate", view.desired_state(name).to_string()),
             ("state", current.to_string()),
             ("target", target),
@@ -151,8 +155,12 @@ pub async fn list_unit_files(store: &Store, args: &ListArgs) -> anyhow::Result<(
             ("reason", view.problems.get(name).cloned().unwrap_or_else(|| "-".into())),
         ]));
     }
-    let all = ["unit", "hash", "dstate", "state", "target", "desc", "global", "reason"];
+    let all = ["unit", "hash", "dstate", "state", "target", "images", "desc", "global", "reason"];
     let mut default = vec!["unit", "hash", "dstate", "state", "target"];
+    // How many eligible hosts hold the image, once there is a container unit to count for.
+    if rows.iter().any(|row| row["images"] != "-") {
+        default.push("images");
+    }
     // The reason column appears only when some unit cannot be placed.
     if !view.problems.is_empty() {
         default.push("reason");

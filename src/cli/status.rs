@@ -21,6 +21,20 @@ pub async fn status(store: &Store, args: &NamesArgs) -> anyhow::Result<()> {
         let mut out = serde_json::Map::new();
         for name in &names {
             let states = view.states.get(name).cloned().unwrap_or_default();
+            let images = view.image_holders(name).map(|h| {
+                let hosts: Vec<_> = h
+                    .eligible
+                    .iter()
+                    .map(|(machine, record)| {
+                        serde_json::json!({
+                            "machine": machine,
+                            "present": record.is_some_and(|r| r.present),
+                            "error": record.and_then(|r| r.error.as_ref()),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({ "image": h.image, "holding": h.holding, "hosts": hosts })
+            });
             out.insert(
                 name.to_string(),
                 serde_json::json!({
@@ -28,6 +42,7 @@ pub async fn status(store: &Store, args: &NamesArgs) -> anyhow::Result<()> {
                     "machines": view.claims.get(name).cloned().unwrap_or_default(),
                     "problem": view.problems.get(name),
                     "states": states,
+                    "images": images,
                 }),
             );
         }
@@ -50,6 +65,16 @@ pub async fn status(store: &Store, args: &NamesArgs) -> anyhow::Result<()> {
         outln!("   Desired: {}", view.desired_state(name));
         if let Some(reason) = view.problems.get(name) {
             outln!("   Not placed: {reason}");
+        }
+        if let Some(holders) = view.image_holders(name) {
+            let (image, holding, eligible) =
+                (&holders.image, holders.holding, holders.eligible.len());
+            outln!("   Image: {image} (on {holding} of {eligible} eligible hosts)");
+            for (machine, record) in &holders.eligible {
+                if let Some(error) = record.and_then(|r| r.error.as_ref()) {
+                    outln!("   Pull failed on {}: {error}", view.machine_label(machine, false));
+                }
+            }
         }
         let states = view.states.get(name).map(Vec::as_slice).unwrap_or_default();
         if states.is_empty() {

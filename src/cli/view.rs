@@ -2,12 +2,23 @@
 
 use std::collections::BTreeMap;
 
+use crate::container::image_to_pre_pull;
 use crate::keyspace::{
-    self, ClaimRecord, DesiredRecord, DesiredState, Key, MachineRecord, ProblemRecord, StateRecord,
-    UnitRecord,
+    self, ClaimRecord, DesiredRecord, DesiredState, ImageRecord, Key, MachineRecord, ProblemRecord,
+    StateRecord, UnitRecord,
 };
 use crate::store::Store;
 use crate::unit::UnitName;
+
+/// Which hosts hold a container unit's image: see [`View::image_holders`].
+pub struct ImageHolders<'view> {
+    /// The image reference.
+    pub image: String,
+    /// Each eligible host with its report, if it sent one for this image.
+    pub eligible: Vec<(&'view str, Option<&'view ImageRecord>)>,
+    /// How many eligible hosts report holding it.
+    pub holding: usize,
+}
 
 /// Everything the listings show, at one revision.
 #[derive(Default)]
@@ -26,6 +37,8 @@ pub struct View {
     pub states: BTreeMap<UnitName, Vec<StateRecord>>,
     /// Why units cannot be placed.
     pub problems: BTreeMap<UnitName, String>,
+    /// Images pulled ahead of need, by container unit, one per host that reported.
+    pub images: BTreeMap<UnitName, Vec<ImageRecord>>,
 }
 
 impl View {
@@ -64,6 +77,11 @@ impl View {
                         view.states.entry(name).or_default().push(r);
                     }
                 }
+                Key::Image(_, name) => {
+                    if let Ok(r) = keyspace::decode::<ImageRecord>(value) {
+                        view.images.entry(name).or_default().push(r);
+                    }
+                }
                 Key::Problem(name) => {
                     if let Ok(r) = keyspace::decode::<ProblemRecord>(value) {
                         view.problems.insert(name, r.reason);
@@ -78,6 +96,26 @@ impl View {
     /// The desired state of a unit, inactive when none is stored.
     pub fn desired_state(&self, name: &UnitName) -> DesiredState {
         self.desired.get(name).copied().unwrap_or(DesiredState::Inactive)
+    }
+
+    /// For a container unit whose image is pulled ahead of need: the image, the live hosts that
+    /// could run the unit, and those of them that report holding the image.
+    pub fn image_holders(&self, name: &UnitName) -> Option<ImageHolders<'_>> {
+        let unit = self.units.get(name)?;
+        let mut holders = ImageHolders { image: String::new(), eligible: Vec::new(), holding: 0 };
+        for machine in self.machines.values() {
+            let wanted = image_to_pre_pull(name, &unit.text, &machine.id, &machine.metadata);
+            let Some(image) = wanted else { continue };
+            let record = self
+                .images
+                .get(name)
+                .and_then(|records| records.iter().find(|r| r.machine == machine.id))
+                .filter(|r| r.image == image);
+            holders.holding += usize::from(record.is_some_and(|r| r.present));
+            holders.eligible.push((machine.id.as_str(), record));
+            holders.image = image;
+        }
+        (!holders.eligible.is_empty()).then_some(holders)
     }
 
     /// `id.../IP` for a machine, as fleetctl prints it.
