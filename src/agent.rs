@@ -271,7 +271,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             let keep: BTreeMap<UnitName, Want> =
                 wants.into_iter().filter(|(name, want)| !is_fenced(name, &want.text)).collect();
             info!(kept = keep.len(), "fencing: stopping local units");
+            agent.reporting = false;
+            agent.fence_grace = Some(lease::safety_margin(config.ttl) / 2);
             agent.converge(&keep).await;
+            info!("fenced");
         }
     }
     outcome
@@ -457,6 +460,11 @@ struct Agent {
     local: BTreeMap<UnitName, Local>,
     /// Units whose systemd state must be read again.
     dirty: BTreeSet<UnitName>,
+    /// Whether passes write state reports; not while fencing, when etcd cannot be reached.
+    reporting: bool,
+    /// While fencing: how long a unit may take to stop before it is killed, so that it is gone
+    /// before the lease can expire in etcd.
+    fence_grace: Option<Duration>,
 }
 
 impl Agent {
@@ -496,6 +504,8 @@ impl Agent {
             reported,
             local: BTreeMap::new(),
             dirty,
+            reporting: true,
+            fence_grace: None,
         })
     }
 
@@ -504,9 +514,10 @@ impl Agent {
     }
 
     async fn stop_unit(&self, name: &UnitName) -> anyhow::Result<()> {
-        match is_container(name) {
-            true => self.docker()?.stop(name).await,
-            false => self.systemd.stop(name, self.stop_timeout).await,
+        match (is_container(name), self.fence_grace) {
+            (true, grace) => self.docker()?.stop(name, grace).await,
+            (false, None) => self.systemd.stop(name, self.stop_timeout).await,
+            (false, Some(grace)) => self.systemd.stop_within(name, grace).await,
         }
     }
 
@@ -651,8 +662,10 @@ impl Agent {
         }
         self.refresh_observed().await;
 
-        for name in &names {
-            self.report(name, wants.get(name)).await;
+        if self.reporting {
+            for name in &names {
+                self.report(name, wants.get(name)).await;
+            }
         }
         self.local.retain(|name, _| wants.contains_key(name) || self.installed.contains_key(name));
     }

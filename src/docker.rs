@@ -6,6 +6,7 @@
 //! it still holds (same container id across an agent restart) and removes the rest.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use bollard::Docker;
@@ -15,7 +16,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -216,9 +217,12 @@ impl DockerEngine {
             .with_context(|| format!("failed to start {unit}"))
     }
 
-    /// Stops the unit's container within its StopTimeout, then kills it.
-    pub async fn stop(&self, unit: &UnitName) -> anyhow::Result<()> {
-        match self.docker.stop_container(&container_name(unit), None).await {
+    /// Stops the unit's container within its StopTimeout, or within `grace` when one is given,
+    /// then kills it.
+    pub async fn stop(&self, unit: &UnitName, grace: Option<Duration>) -> anyhow::Result<()> {
+        let options =
+            grace.map(|g| StopContainerOptionsBuilder::new().t(g.as_secs() as i32).build());
+        match self.docker.stop_container(&container_name(unit), options).await {
             Ok(()) => Ok(()),
             // 304: already stopped; 404: no such container. Both mean stopped.
             Err(bollard::errors::Error::DockerResponseServerError {

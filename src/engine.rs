@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::keyspace::{self, ClaimRecord, EngineRecord, ProblemRecord, RECORD_VERSION};
-use crate::mirror::{Mirror, SharedMirror};
+use crate::mirror::{ClaimEntry, Mirror, SharedMirror};
 use crate::placement::{self, Machine, Placeable, Plan, Snapshot};
 use crate::store::Store;
 use crate::unit::{FleetOptions, UnitFile, UnitName};
@@ -221,8 +221,16 @@ impl Work {
 
         let mut stale = Vec::new();
         let mut claims: BTreeMap<UnitName, BTreeSet<String>> = BTreeMap::new();
+        // A claim not bound to its machine's live lease was not written by an engine (or names
+        // a machine that does not exist): it is garbage, and the unit is placed afresh.
+        let unbacked = |claim: &ClaimEntry| {
+            mirror.machines.get(&claim.machine).is_none_or(|m| m.lease != claim.lease)
+        };
         for (name, claim) in &mirror.claims {
-            if !placeable.contains(name) || global.contains(name) {
+            if !placeable.contains(name) || global.contains(name) || unbacked(claim) {
+                if unbacked(claim) {
+                    warn!(unit.name = %name, machine.id = %claim.machine, "dropping a claim no live host backs");
+                }
                 stale.push((name.clone(), None, claim.revision));
             } else {
                 claims.entry(name.clone()).or_default().insert(claim.machine.clone());
@@ -230,7 +238,7 @@ impl Work {
         }
         for (name, copies) in &mirror.global_claims {
             for (machine, claim) in copies {
-                if !global.contains(name) {
+                if !global.contains(name) || machine != &claim.machine || unbacked(claim) {
                     stale.push((name.clone(), Some(machine.clone()), claim.revision));
                 } else {
                     claims.entry(name.clone()).or_default().insert(machine.clone());

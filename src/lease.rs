@@ -63,8 +63,8 @@ pub fn safety_margin(ttl: Duration) -> Duration {
 /// Renews the lease every third of its TTL until `shutdown`; sends on `lost` once etcd says the
 /// lease is gone, or once no renewal has been answered for the TTL minus the safety margin.
 ///
-/// The deadline runs on the monotonic clock from the last answered renewal, which is no later
-/// than the moment etcd last extended the lease; so when it passes, the lease may be about to
+/// The deadline runs on the monotonic clock from the sending of the last answered renewal, which
+/// is no later than the moment etcd last extended the lease; so when it passes, the lease may be about to
 /// expire in etcd and the caller must act as if it had.
 pub async fn keep_alive(
     store: Store,
@@ -94,12 +94,14 @@ async fn renew_until_lost(store: &Store, lease: &Lease) {
                 Ok(Ok(pair)) => pair,
                 Ok(Err(error)) => {
                     warn!(lease.id = lease.id, error = %error, "lease renewal failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    store.reconnect().await;
+                    reconnect_before(store, deadline).await;
                     continue;
                 }
             };
         loop {
+            // etcd extends the lease when it handles the request, which is after it was sent:
+            // counting from the send keeps the local deadline no later than etcd's.
+            let sent = Instant::now();
             if let Err(error) = keeper.keep_alive().await {
                 warn!(lease.id = lease.id, error = %error, "lease renewal failed");
                 break;
@@ -107,7 +109,7 @@ async fn renew_until_lost(store: &Store, lease: &Lease) {
             let deadline = last_renewed + give_up_after;
             match tokio::time::timeout_at(deadline, stream.message()).await {
                 Err(_) => return,
-                Ok(Ok(Some(response))) if response.ttl() > 0 => last_renewed = Instant::now(),
+                Ok(Ok(Some(response))) if response.ttl() > 0 => last_renewed = sent,
                 // etcd answers a renewal of an expired lease with a TTL of zero.
                 Ok(Ok(Some(_))) => return,
                 Ok(Ok(None)) => break,
@@ -121,9 +123,18 @@ async fn renew_until_lost(store: &Store, lease: &Lease) {
         if Instant::now() >= last_renewed + give_up_after {
             return;
         }
+        reconnect_before(store, last_renewed + give_up_after).await;
+    }
+}
+
+/// Pauses briefly and reconnects, but never past `deadline`: probing dead endpoints can take
+/// seconds, and the deadline is when the units must be stopping.
+async fn reconnect_before(store: &Store, deadline: Instant) {
+    let _ = tokio::time::timeout_at(deadline, async {
         tokio::time::sleep(Duration::from_millis(200)).await;
         store.reconnect().await;
-    }
+    })
+    .await;
 }
 
 /// Renews the lease once, for a successor that picks it up after this process exits.

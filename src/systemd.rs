@@ -242,6 +242,20 @@ impl Systemd {
             anyhow!("{unit} did not stop within {}", humantime::format_duration(timeout))
         })
     }
+
+    /// Stops a unit, and kills what is left of it with SIGKILL once `grace` has passed: the
+    /// stop job then ends at once, and the unit is not restarted as a killed one would be.
+    pub async fn stop_within(&self, unit: &UnitName, grace: Duration) -> anyhow::Result<()> {
+        if self.stop(unit, grace).await.is_ok() {
+            return Ok(());
+        }
+        warn!(unit.name = %unit, "still stopping; killing it");
+        const SIGKILL: i32 = 9;
+        self.manager
+            .kill_unit(unit.to_string(), "all".into(), SIGKILL)
+            .await
+            .with_context(|| format!("failed to kill {unit}"))
+    }
 }
 
 /// Milliseconds since the epoch, for state records.
