@@ -346,6 +346,8 @@ async fn register(
             );
         }
         debug!(machine.id = %record.id, "waiting for an earlier registration to expire");
+        // Nothing renews the new lease yet: the wait may be longer than its TTL.
+        lease::refresh(store, lease).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -27,16 +27,31 @@ pub struct Lease {
 pub async fn acquire(store: &Store, ttl: Duration, file: &Path) -> anyhow::Result<Lease> {
     if let Some(id) = std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse::<i64>().ok())
     {
-        match store.client().lease_time_to_live(id, None).await {
-            Ok(response) if response.ttl() > 0 => {
-                info!(lease.id = id, remaining = response.ttl(), "reusing the lease of this host");
-                let lease = Lease { id, ttl };
-                // Renew at once: what is left of the TTL may be less than a renewal interval.
-                refresh(store, &lease).await;
-                return Ok(lease);
+        // etcd answers an expired or unknown lease with a negative TTL; an error means it could
+        // not say (no leader yet after a quorum loss), and the lease may well be alive.
+        let give_up = Instant::now() + ttl;
+        loop {
+            match store.client().lease_time_to_live(id, None).await {
+                Ok(response) if response.ttl() > 0 => {
+                    info!(
+                        lease.id = id,
+                        remaining = response.ttl(),
+                        "reusing the lease of this host"
+                    );
+                    let lease = Lease { id, ttl };
+                    // Renew at once: what is left of the TTL may be less than a renewal interval.
+                    refresh(store, &lease).await;
+                    return Ok(lease);
+                }
+                Ok(_) => debug!(lease.id = id, "recorded lease has expired"),
+                Err(error) if Instant::now() < give_up => {
+                    debug!(lease.id = id, error = %error, "cannot ask about the recorded lease yet");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(error) => debug!(lease.id = id, error = %error, "recorded lease is unknown"),
             }
-            Ok(_) => debug!(lease.id = id, "recorded lease has expired"),
-            Err(error) => debug!(lease.id = id, error = %error, "recorded lease is unknown"),
+            break;
         }
     }
     let response = store

@@ -364,8 +364,20 @@ fn a_malformed_unit_is_refused_and_etcd_is_unchanged() {
             b"[Service]\nExecStart=/bin/true\n[X-Fleet]\nMachineOf=self.service\n".to_vec(),
             "itself",
         ),
+        (
+            "twice.service",
+            b"[Service]\nExecStart=/bin/true\n[X-Fleet]\nMachineID=abc\nMachineID=def\n".to_vec(),
+            "line 5",
+        ),
+        (
+            "contradiction.service",
+            b"[Service]\nExecStart=/bin/true\n[X-Fleet]\nGlobal=true\nMachineOf=a.service\n"
+                .to_vec(),
+            "Global=true rules out MachineOf",
+        ),
         ("bad name.service", b"[Service]\nExecStart=/bin/true\n".to_vec(), "' '"),
         ("noext", b"[Service]\nExecStart=/bin/true\n".to_vec(), "suffix"),
+        ("unknown.suffix", b"[Service]\nExecStart=/bin/true\n".to_vec(), "suffix"),
     ];
     let dir = common::root().join("target/test-units/malformed");
     std::fs::create_dir_all(&dir).unwrap();
@@ -385,6 +397,13 @@ fn a_malformed_unit_is_refused_and_etcd_is_unchanged() {
         assert_eq!(run.stderr.trim().lines().count(), 1, "{name}: not one line: {}", run.stderr);
         let verify = s.flotctl(&["verify", &path]);
         assert_ne!(verify.code, 0, "verify accepted {name}");
+    }
+    // Names given without a file, as for units already in the cluster, meet the same door.
+    let long = format!("{}.service", "n".repeat(300));
+    for name in ["../escape.service", "dir/unit.service", "ctl\u{7}.service", &long, "x.unknown"] {
+        let run = s.flotctl(&["start", name]);
+        assert_ne!(run.code, 0, "{name:?} was accepted");
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{name:?}: not one line: {}", run.stderr);
     }
     assert_eq!(s.etcd_dump(), before);
 }
