@@ -5,7 +5,7 @@
 //! original bytes are kept for hashing and for handing to systemd unchanged), and the `[X-Fleet]`
 //! section is turned into [`FleetOptions`], refusing options that could never be satisfied.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
@@ -474,6 +474,14 @@ pub enum UnitError {
         /// The glob parser's explanation.
         reason: String,
     },
+    /// `Conflicts` patterns that are valid one by one but too large to compile into one matcher.
+    #[error("line {line}: Conflicts patterns are too large to compile together: {reason}")]
+    ConflictsTooLarge {
+        /// Line of the last `Conflicts` pattern.
+        line: usize,
+        /// The glob compiler's explanation.
+        reason: String,
+    },
     /// Options that contradict each other, so no machine could ever satisfy them.
     #[error("line {line}: unit can never be placed: {reason}")]
     Unsatisfiable {
@@ -667,6 +675,9 @@ fn logical_lines(text: &str) -> Vec<(usize, String)> {
 
 fn parse_sections(text: &str) -> Result<Vec<Section>, UnitError> {
     let mut sections: Vec<Section> = Vec::new();
+    // Where each section is in `sections`, so that finding a repeated header's section does
+    // not take a search through every section before it.
+    let mut index_of: HashMap<String, usize> = HashMap::new();
     let mut current: Option<usize> = None;
 
     for (line, logical) in logical_lines(text) {
@@ -683,10 +694,11 @@ fn parse_sections(text: &str) -> Result<Vec<Section>, UnitError> {
             if name.is_empty() {
                 return Err(UnitError::EmptySectionName { line });
             }
-            let index = match sections.iter().position(|section| section.name == name) {
-                Some(index) => index,
+            let index = match index_of.get(name) {
+                Some(&index) => index,
                 None => {
                     sections.push(Section { name: name.to_owned(), entries: Vec::new() });
+                    index_of.insert(name.to_owned(), sections.len() - 1);
                     sections.len() - 1
                 }
             };
@@ -1005,7 +1017,7 @@ struct Collected {
     fencing: Option<Located<bool>>,
     machine_of: Vec<Located<UnitName>>,
     metadata: Vec<Located<(String, String)>>,
-    conflicts: Vec<Located<String>>,
+    conflicts: Vec<Located<Glob>>,
     replaces: Vec<Located<UnitName>>,
 }
 
@@ -1049,11 +1061,14 @@ impl Collected {
             }
             OptionKey::Conflicts => {
                 for pattern in split_items(line, key, text)? {
-                    if let Err(error) = Glob::new(&pattern) {
-                        let reason = error.kind().to_string();
-                        return Err(UnitError::BadGlob { line, pattern, reason });
-                    }
-                    self.conflicts.push(Located::new(pattern, line, dependent));
+                    let glob = match Glob::new(&pattern) {
+                        Ok(glob) => glob,
+                        Err(error) => {
+                            let reason = glob_error_reason(&error);
+                            return Err(UnitError::BadGlob { line, pattern, reason });
+                        }
+                    };
+                    self.conflicts.push(Located::new(glob, line, dependent));
                 }
                 Ok(())
             }
@@ -1105,6 +1120,8 @@ impl Collected {
             }
         }
 
+        // Compiled once, from every pattern, the way placement compiles them.
+        let conflicts = self.conflict_set()?;
         for target in &self.machine_of {
             for replaced in &self.replaces {
                 if comparable(target, replaced) && target.value == replaced.value {
@@ -1115,21 +1132,37 @@ impl Collected {
                     return unsatisfiable(target.line.max(replaced.line), reason);
                 }
             }
-            for pattern in &self.conflicts {
-                let matches = Glob::new(&pattern.value)
-                    .map(|glob| glob.compile_matcher().is_match(target.value.as_str()))
-                    .unwrap_or(false);
-                if comparable(target, pattern) && matches {
+            // The indices come in ascending order, so the first match in the file is reported.
+            for index in conflicts.matches(target.value.as_str()) {
+                let pattern = &self.conflicts[index];
+                if comparable(target, pattern) {
                     let reason = format!(
                         "MachineOf target {:?} matches Conflicts pattern {:?}",
                         target.value.as_str(),
-                        pattern.value
+                        pattern.value.glob()
                     );
                     return unsatisfiable(target.line.max(pattern.line), reason);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Compiles the `Conflicts` patterns into one matcher, as [`FleetOptions::conflict_set`]
+    /// does, so that the options accepted here compile there too.
+    ///
+    /// Each pattern is a valid glob on its own, but together they can outgrow the size limit of
+    /// globset's regex compiler.
+    fn conflict_set(&self) -> Result<GlobSet, UnitError> {
+        let mut builder = GlobSetBuilder::new();
+        for pattern in &self.conflicts {
+            builder.add(pattern.value.clone());
+        }
+        builder.build().map_err(|error| UnitError::ConflictsTooLarge {
+            // An empty set always compiles, so there is a last pattern.
+            line: self.conflicts.last().map_or(0, |pattern| pattern.line),
+            reason: glob_error_reason(&error),
+        })
     }
 
     fn into_options(self) -> FleetOptions {
@@ -1145,7 +1178,11 @@ impl Collected {
             machine_id: self.machine_id.map(|machine_id| machine_id.value),
             machine_of: self.machine_of.into_iter().map(|target| target.value).collect(),
             metadata,
-            conflicts: self.conflicts.into_iter().map(|pattern| pattern.value).collect(),
+            conflicts: self
+                .conflicts
+                .into_iter()
+                .map(|pattern| pattern.value.glob().to_owned())
+                .collect(),
             global: self.global.is_some_and(|global| global.value),
             replaces: self.replaces.into_iter().map(|target| target.value).collect(),
             fencing: self.fencing.is_none_or(|fencing| fencing.value),
@@ -1176,6 +1213,19 @@ fn set_once<T: PartialEq>(
             *slot = Some(value);
             Ok(())
         }
+    }
+}
+
+/// Why globset refused a glob, as one line.
+///
+/// globset quotes the ends of an invalid range as raw characters, and a carriage return there
+/// would break the message in two; they are escaped like every other value we quote.
+fn glob_error_reason(error: &globset::Error) -> String {
+    match error.kind() {
+        globset::ErrorKind::InvalidRange(start, end) => {
+            format!("invalid range; '{}' > '{}'", start.escape_debug(), end.escape_debug())
+        }
+        kind => kind.to_string(),
     }
 }
 
@@ -1990,5 +2040,48 @@ mod tests {
             let error = verify(path, bytes).expect_err(expected);
             assert_eq!(error.to_string(), expected);
         }
+    }
+
+    #[test]
+    fn glob_errors_escape_the_characters_they_quote() {
+        // A carriage return inside a line is part of the value, and globset quotes the ends of
+        // a bad range raw, which split the message over two lines.
+        let expected = "line 5: Conflicts pattern \"[z-\\r]\" is not a valid glob: invalid range; \
+                        'z' > '\\r'";
+        assert_eq!(error_for("web.service", "Conflicts=\"[z-\r]\""), expected);
+    }
+
+    #[test]
+    fn conflicts_that_compile_only_one_by_one_are_refused() {
+        // Each pattern is a valid glob, but together they outgrow globset's regex size limit,
+        // so placement could never build the matcher that `conflict_set` promises.
+        let fleet_lines = format!("Conflicts=a*\nConflicts={}", "?".repeat(200_000));
+        let error = error_for("web.service", &fleet_lines);
+        assert!(
+            error.starts_with("line 6: Conflicts patterns are too large to compile together: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn machine_of_is_checked_against_a_long_conflicts_pattern_without_panicking() {
+        // globset panics when a single pattern that is too large is compiled on its own.
+        let fleet_lines = format!("MachineOf=db.service\nConflicts={}", "a".repeat(600_000));
+        let options = options_for("web.service", &fleet_lines).expect("options are valid");
+        assert!(options.conflict_set().is_ok_and(|globs| !globs.is_match("db.service")));
+        let fleet_lines = format!("MachineOf=db.service\nConflicts={} db*", "a".repeat(600_000));
+        let error = error_for("web.service", &fleet_lines);
+        assert!(error.ends_with("matches Conflicts pattern \"db*\""), "{error}");
+    }
+
+    #[test]
+    fn a_header_repeated_after_many_sections_merges_into_the_first() {
+        // What the section index must keep: a repeated header adds to the first section.
+        let n_sections = 10_000;
+        let mut text: String = (0..n_sections).map(|index| format!("[s{index}]\n")).collect();
+        text.push_str("[s7]\nKey=merged\n");
+        let unit_file = file(&text);
+        assert_eq!(unit_file.sections().count(), n_sections);
+        assert_eq!(unit_file.value("s7", "Key"), Some("merged"));
     }
 }
