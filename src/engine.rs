@@ -16,11 +16,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::keyspace::{self, ClaimRecord, EngineRecord, ProblemRecord, RECORD_VERSION};
 use crate::mirror::{ClaimEntry, Mirror, SharedMirror};
 use crate::placement::{self, Machine, Placeable, Plan, Snapshot};
-use crate::store::Store;
+use crate::store::{OPS_PER_TXN, Store};
 use crate::unit::{FleetOptions, UnitFile, UnitName};
-
-/// etcd refuses transactions with more operations than its `--max-txn-ops` (128 by default).
-const OPS_PER_TXN: usize = 120;
 
 /// What the engine needs to know about the host it runs on.
 pub struct EngineConfig {
@@ -321,6 +318,27 @@ async fn apply(store: &Store, config: &EngineConfig, work: &Work) -> anyhow::Res
     Ok(revision)
 }
 
+/// Splits guarded operations into batches etcd accepts: it limits the compares of a transaction
+/// as it limits its operations, and a claim brings two compares. A batch over either limit is
+/// refused whole, and each of its claims would then cost a transaction of its own.
+fn batches(ops: &[GuardedOp]) -> Vec<&[GuardedOp]> {
+    let mut batches = Vec::new();
+    let (mut start, mut compares) = (0, 0);
+    for (index, (guards, _)) in ops.iter().enumerate() {
+        // One compare of every batch is the engine guard.
+        let full = index - start == OPS_PER_TXN || compares + guards.len() + 1 > OPS_PER_TXN;
+        if full && index > start {
+            batches.push(&ops[start..index]);
+            (start, compares) = (index, 0);
+        }
+        compares += guards.len();
+    }
+    if start < ops.len() {
+        batches.push(&ops[start..]);
+    }
+    batches
+}
+
 /// Commits guarded operations in batches; a batch whose guard fails is retried one operation at
 /// a time, so one stale operation does not hold back the rest.
 async fn commit(store: &Store, config: &EngineConfig, ops: &[GuardedOp]) -> anyhow::Result<i64> {
@@ -333,7 +351,7 @@ async fn commit(store: &Store, config: &EngineConfig, ops: &[GuardedOp]) -> anyh
         Txn::new().when(compares).and_then(ops)
     };
     let mut revision = 0;
-    for chunk in ops.chunks(OPS_PER_TXN) {
+    for chunk in batches(ops) {
         match store.client().txn(txn(chunk)).await {
             Ok(response) if response.succeeded() => {
                 revision = revision.max(response.header().map_or(0, |h| h.revision()));
@@ -350,4 +368,36 @@ async fn commit(store: &Store, config: &EngineConfig, ops: &[GuardedOp]) -> anyh
         }
     }
     Ok(revision)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(n: usize) -> GuardedOp {
+        let key = format!("/flotilla/claims/u{n}.service");
+        let guards = vec![
+            Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+            Compare::lease("/flotilla/machines/m", CompareOp::Equal, 7),
+        ];
+        (guards, TxnOp::put(key, "x", None))
+    }
+
+    #[test]
+    fn batches_keep_compares_and_operations_within_etcd_s_limit() {
+        let claims: Vec<GuardedOp> = (0..500).map(claim).collect();
+        let batches = batches(&claims);
+        assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), 500);
+        for batch in &batches {
+            let compares: usize = batch.iter().map(|(g, _)| g.len()).sum::<usize>() + 1;
+            assert!(compares <= OPS_PER_TXN && batch.len() <= OPS_PER_TXN, "{compares}");
+        }
+        // Full batches, not one claim each: 59 claims and the engine guard fill 119 compares.
+        assert_eq!(batches.len(), 500_usize.div_ceil(59));
+
+        let unguarded: Vec<GuardedOp> =
+            (0..250).map(|n| (Vec::new(), TxnOp::delete(format!("k{n}"), None))).collect();
+        let sizes: Vec<usize> = super::batches(&unguarded).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [120, 120, 10]);
+    }
 }
