@@ -252,7 +252,9 @@ async fn step(
             // Watch from the revision after the listing, so no change falls in between.
             let options =
                 WatchOptions::new().with_prefix().with_start_revision(listing.revision + 1);
-            match store.client().watch(store.keys.root(), Some(options)).await {
+            // One watch response may carry several unit files near their size limit.
+            let mut watcher = store.client().watch_client().max_decoding_message_size(64 << 20);
+            match watcher.watch(store.keys.root(), Some(options)).await {
                 Ok(stream) => WatchState::Watching(Box::new(stream)),
                 Err(error) => {
                     warn!(error = %error, "failed to open the keyspace watch");

@@ -23,6 +23,25 @@ use crate::unit::UnitName;
 /// etcd refuses transactions with more operations than `--max-txn-ops` (128 by default).
 pub const OPS_PER_TXN: usize = 120;
 
+/// Keys per page of a listing.
+const PAGE_KEYS: i64 = 200;
+
+/// The largest response a listing page may be: a page of unit files near their size limit.
+const MAX_PAGE_BYTES: usize = PAGE_KEYS as usize * 2 * 1024 * 1024;
+
+/// The first key after every key that starts with `prefix`, as etcd's range ends are given.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Only bytes 0xff: the range runs to the end of the keyspace.
+    vec![0]
+}
+
 /// The largest value written: etcd refuses requests over `--max-request-bytes` (1.5 MiB by
 /// default), and a unit file of 1 MiB grows when escaped into JSON.
 pub const MAX_VALUE_BYTES: usize = 1_400_000;
@@ -166,16 +185,41 @@ impl Store {
         self.client.read().expect("client lock").clone()
     }
 
-    /// Reads every key under one prefix at a single revision.
+    /// Reads every key under one prefix at a single revision, a page at a time: one response
+    /// holding the whole keyspace would soon pass the gRPC message limit.
     pub async fn list(&self, prefix: &str) -> anyhow::Result<Listing> {
-        let response = self
-            .client()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .with_context(|| format!("failed to read {prefix}"))?;
-        let revision = response.header().map_or(0, |h| h.revision());
-        let mut response = response;
-        Ok(Listing { revision, kvs: response.take_kvs() })
+        let mut kv = self.client().kv_client().max_decoding_message_size(MAX_PAGE_BYTES);
+        let end = prefix_end(prefix.as_bytes());
+        let mut from = prefix.as_bytes().to_vec();
+        let (mut revision, mut kvs) = (0, Vec::new());
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE_KEYS);
+            // Later pages read at the first page's revision, so the listing is one snapshot.
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let mut response = kv
+                .get(from.clone(), Some(options))
+                .await
+                .with_context(|| format!("failed to read {prefix}"))?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            let more = response.more();
+            let page = response.take_kvs();
+            match page.last() {
+                Some(last) if more => {
+                    // The next page starts just after the last key of this one.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => {
+                    kvs.extend(page);
+                    return Ok(Listing { revision, kvs });
+                }
+            }
+            kvs.extend(page);
+        }
     }
 
     /// Reads one record; `None` when the key is absent.
@@ -349,5 +393,17 @@ impl Store {
     pub async fn delete(&self, key: &str) -> anyhow::Result<()> {
         self.client().delete(key, None).await.with_context(|| format!("failed to delete {key}"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_range_ends_after_its_last_key() {
+        assert_eq!(prefix_end(b"/flotilla/"), b"/flotilla0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), [0]);
     }
 }

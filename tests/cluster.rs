@@ -347,6 +347,8 @@ fn a_malformed_unit_is_refused_and_etcd_is_unchanged() {
     s.cleanup(&["good.service"]);
     let before = s.etcd_dump();
     let big = format!("[Service]\nExecStart=/bin/true\n#{}\n", "x".repeat(1 << 20));
+    // Under the file size limit, but JSON doubles every quote.
+    let quotes = format!("[Service]\nExecStart=/bin/true\n#{}\n", "\"".repeat(1_000_000));
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("garbage.service", b"[Service]\nExecStart=/bin/true\nnonsense\n".to_vec(), "line 3"),
         ("nosection.service", b"ExecStart=/bin/true\n".to_vec(), "line 1"),
@@ -354,6 +356,7 @@ fn a_malformed_unit_is_refused_and_etcd_is_unchanged() {
         ("binary.service", b"[Service]\n\x00\x01\x02".to_vec(), "NUL"),
         ("latin1.service", b"[Unit]\nDescription=caf\xe9\n".to_vec(), "UTF-8"),
         ("big.service", big.into_bytes(), "1 MiB"),
+        ("quotes.service", quotes.into_bytes(), "once encoded for etcd"),
         (
             "fleet.service",
             b"[Service]\nExecStart=/bin/true\n[X-Fleet]\nMachineOff=x.service\n".to_vec(),
@@ -676,4 +679,26 @@ fn a_batch_of_150_units_starts_stops_and_is_destroyed_by_glob() {
     let after = s.unit_files(&[("after-big.service", SLEEPER)]);
     s.ok(&["start", &after[0]]);
     s.ok(&["destroy", "after-big.service"]);
+}
+
+#[test]
+fn a_keyspace_larger_than_one_grpc_message_is_still_listed_and_watched() {
+    let s = scenario();
+    // Five files near the size limit make a keyspace over the 4 MiB a gRPC message may hold.
+    let body = format!("#{}\n", "x".repeat(1_000_000));
+    let files: Vec<(String, String)> =
+        (1..=5).map(|i| (format!("huge{i}.service"), format!("{SLEEPER}{body}"))).collect();
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let paths = s.unit_files(&files);
+    s.ok(&with("submit", &paths));
+    let listed = s.ok(&["list-unit-files", "--no-legend", "--fields", "unit"]);
+    assert_eq!(listed.lines().filter(|l| l.starts_with("huge")).count(), 5, "{listed}");
+    assert!(s.ok(&["cat", "huge3.service"]).contains(&body.trim_end()[..1000]));
+    // The agents' watches and listings carry the big files too: work still gets done.
+    s.ok(&["start", "huge1.service"]);
+    assert_eq!(s.active_on("huge1.service").len(), 1);
+    s.kill_flotd(s.active_on("huge1.service")[0]);
+    let small = s.unit_files(&[("after-huge.service", SLEEPER)]);
+    s.ok(&["start", &small[0]]);
+    s.ok(&["destroy", "huge*", "after-huge.service"]);
 }

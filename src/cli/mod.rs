@@ -236,6 +236,21 @@ pub(crate) fn read_unit_file(arg: &str) -> anyhow::Result<LocalFile> {
     let file =
         unit::UnitFile::parse(&name, &bytes).with_context(|| format!("{}", source.display()))?;
     unit::FleetOptions::from_unit(&name, &file).with_context(|| format!("{}", source.display()))?;
+    // JSON escapes some characters into several bytes: a file under the size limit may still
+    // make a record etcd would refuse, and verify must say so as submit would.
+    let record = crate::keyspace::UnitRecord {
+        version: crate::keyspace::RECORD_VERSION,
+        hash: String::new(),
+        text: file.text().to_string(),
+    };
+    let encoded = crate::keyspace::encode(&record).len() + 64;
+    if encoded > crate::store::MAX_VALUE_BYTES {
+        bail!(
+            "{}: takes {encoded} bytes once encoded for etcd (at most {})",
+            source.display(),
+            crate::store::MAX_VALUE_BYTES
+        );
+    }
     if name.suffix() == ".container" {
         crate::container::ContainerSpec::from_unit(&file)
             .with_context(|| format!("{}", source.display()))?;
