@@ -226,7 +226,8 @@ impl Work {
         for (name, claim) in &mirror.claims {
             if !placeable.contains(name) || global.contains(name) || unbacked(claim) {
                 if unbacked(claim) {
-                    warn!(unit.name = %name, machine.id = %claim.machine, "dropping a claim no live host backs");
+                    let machine = &claim.machine;
+                    warn!(unit.name = %name, machine.id = %machine, "dropping an unbacked claim");
                 }
                 stale.push((name.clone(), None, claim.revision));
             } else {

@@ -13,7 +13,7 @@
 //! | `claims/<unit>` | [`ClaimRecord`]: the host that runs a unit | that host's lease |
 //! | `claims/<unit>/<id>` | [`ClaimRecord`]: one copy of a global unit | that host's lease |
 //! | `states/<id>/<unit>` | [`StateRecord`]: what systemd reports there | that host's lease |
-//! | `images/<id>/<unit>` | [`ImageRecord`]: whether a host holds a container unit's image | that host's lease |
+//! | `images/<id>/<unit>` | [`ImageRecord`]: a host holds a container unit's image | its lease |
 //! | `engine` | [`EngineRecord`]: the host running the placement engine | that host's lease |
 //! | `problems/<unit>` | [`ProblemRecord`]: why a unit cannot be placed | the engine's lease |
 

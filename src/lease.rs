@@ -45,7 +45,7 @@ pub async fn acquire(store: &Store, ttl: Duration, file: &Path) -> anyhow::Resul
                 }
                 Ok(_) => debug!(lease.id = id, "recorded lease has expired"),
                 Err(error) if Instant::now() < give_up => {
-                    debug!(lease.id = id, error = %error, "cannot ask about the recorded lease yet");
+                    debug!(lease.id = id, error = %error, "cannot ask about the lease yet");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
@@ -79,8 +79,8 @@ pub fn safety_margin(ttl: Duration) -> Duration {
 /// lease is gone, or once no renewal has been answered for the TTL minus the safety margin.
 ///
 /// The deadline runs on the monotonic clock from the sending of the last answered renewal, which
-/// is no later than the moment etcd last extended the lease; so when it passes, the lease may be about to
-/// expire in etcd and the caller must act as if it had.
+/// is no later than the moment etcd last extended the lease; so when it passes, the lease may be
+/// about to expire in etcd and the caller must act as if it had.
 pub async fn keep_alive(
     store: Store,
     lease: Lease,

@@ -95,7 +95,8 @@ impl PrePuller {
                         reported.remove(&name);
                     }
                     Err(error) => {
-                        warn!(unit.name = %name, error = %format!("{error:#}"), "failed to clear image record");
+                        let error = format!("{error:#}");
+                        warn!(unit.name = %name, error = %error, "failed to clear image record");
                     }
                 }
             }
@@ -161,7 +162,8 @@ impl PrePuller {
         let key = self.store.keys.image(&self.machine, name);
         match self.store.put_leased(&key, record, self.lease).await {
             Ok(()) => {
-                debug!(unit.name = %name, image = %record.image, present = record.present, "image reported");
+                let (image, present) = (&record.image, record.present);
+                debug!(unit.name = %name, image = %image, present, "image reported");
                 reported.insert(name.clone(), record.clone());
             }
             Err(error) => {
