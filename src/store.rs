@@ -23,11 +23,18 @@ use crate::unit::UnitName;
 /// etcd refuses transactions with more operations than `--max-txn-ops` (128 by default).
 pub const OPS_PER_TXN: usize = 120;
 
-/// Keys per page of a listing.
-const PAGE_KEYS: i64 = 200;
+/// Keys in a listing's first page; later pages are sized from the largest record seen.
+const FIRST_PAGE_KEYS: i64 = 1000;
 
-/// The largest response a listing page may be: a page of unit files near their size limit.
-const MAX_PAGE_BYTES: usize = PAGE_KEYS as usize * 2 * 1024 * 1024;
+/// The most keys one page asks for.
+const MAX_PAGE_KEYS: i64 = 20_000;
+
+/// The size a page of a listing aims to stay under.
+const PAGE_BYTES: usize = 32 << 20;
+
+/// The largest response the client accepts. A page that turns out larger, because its records
+/// are much larger than those before it, is asked for again in fewer keys.
+const MAX_PAGE_BYTES: usize = 256 << 20;
 
 /// The first key after every key that starts with `prefix`, as etcd's range ends are given.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -118,8 +125,10 @@ fn connect_options() -> ConnectOptions {
     ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true)
+        // etcd closes connections that ping more often than its --grpc-keepalive-min-time (5 s
+        // by default), and every reconnect costs the mirror a full listing.
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        .with_keep_alive_while_idle(false)
 }
 
 /// Asks one member for its status, so a dead member is left out of the client.
@@ -188,37 +197,61 @@ impl Store {
     /// Reads every key under one prefix at a single revision, a page at a time: one response
     /// holding the whole keyspace would soon pass the gRPC message limit.
     pub async fn list(&self, prefix: &str) -> anyhow::Result<Listing> {
+        self.list_many(&[prefix]).await
+    }
+
+    /// Reads every key under each prefix, all at the revision the first read observed.
+    pub async fn list_many(&self, prefixes: &[&str]) -> anyhow::Result<Listing> {
+        let mut listing = Listing { revision: 0, kvs: Vec::new() };
+        for prefix in prefixes {
+            self.list_into(prefix, &mut listing)
+                .await
+                .with_context(|| format!("failed to read {prefix}"))?;
+        }
+        Ok(listing)
+    }
+
+    async fn list_into(&self, prefix: &str, listing: &mut Listing) -> anyhow::Result<()> {
         let mut kv = self.client().kv_client().max_decoding_message_size(MAX_PAGE_BYTES);
         let end = prefix_end(prefix.as_bytes());
         let mut from = prefix.as_bytes().to_vec();
-        let (mut revision, mut kvs) = (0, Vec::new());
+        let mut limit = FIRST_PAGE_KEYS;
         loop {
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE_KEYS);
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
             // Later pages read at the first page's revision, so the listing is one snapshot.
-            if revision > 0 {
-                options = options.with_revision(revision);
+            if listing.revision > 0 {
+                options = options.with_revision(listing.revision);
             }
-            let mut response = kv
-                .get(from.clone(), Some(options))
-                .await
-                .with_context(|| format!("failed to read {prefix}"))?;
-            if revision == 0 {
-                revision = response.header().map_or(0, |h| h.revision());
+            let mut response = match kv.get(from.clone(), Some(options)).await {
+                Ok(response) => response,
+                Err(etcd_client::Error::GRpcStatus(status))
+                    if status.code() == tonic::Code::OutOfRange && limit > 1 =>
+                {
+                    limit = (limit / 8).max(1);
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
+            if listing.revision == 0 {
+                listing.revision = response.header().map_or(0, |h| h.revision());
             }
             let more = response.more();
             let page = response.take_kvs();
+            let largest = page.iter().map(|kv| kv.key().len() + kv.value().len()).max();
+            limit =
+                (PAGE_BYTES / largest.unwrap_or(1).max(1)).clamp(1, MAX_PAGE_KEYS as usize) as i64;
             match page.last() {
                 Some(last) if more => {
                     // The next page starts just after the last key of this one.
                     from = last.key().to_vec();
                     from.push(0);
+                    listing.kvs.extend(page);
                 }
                 _ => {
-                    kvs.extend(page);
-                    return Ok(Listing { revision, kvs });
+                    listing.kvs.extend(page);
+                    return Ok(());
                 }
             }
-            kvs.extend(page);
         }
     }
 
