@@ -67,7 +67,12 @@ fn print(
 /// `flotctl list-units`
 pub async fn list_units(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
     let args = &json_is_full(args);
-    let view = View::read(store).await?;
+    let mut dirs = vec!["claims", "states", "machines", "desired"];
+    // Only the hash column needs the unit files.
+    if args.fields.as_ref().is_some_and(|fields| fields.iter().any(|f| f == "hash")) {
+        dirs.push("units");
+    }
+    let view = View::read_dirs(store, &dirs).await?;
     let mut rows = Vec::new();
     for (name, machines) in &view.claims {
         let hash = view.units.get(name).map_or("-", |u| u.hash.as_str());

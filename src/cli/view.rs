@@ -7,7 +7,7 @@ use crate::keyspace::{
     self, ClaimRecord, DesiredRecord, DesiredState, ImageRecord, Key, MachineRecord, ProblemRecord,
     StateRecord, UnitRecord,
 };
-use crate::store::Store;
+use crate::store::{Listing, Store};
 use crate::unit::UnitName;
 
 /// Which hosts hold a container unit's image: see [`View::image_holders`].
@@ -44,7 +44,18 @@ pub struct View {
 impl View {
     /// Reads the whole keyspace at one revision; records that do not decode are left out.
     pub async fn read(store: &Store) -> anyhow::Result<View> {
-        let listing = store.list(&store.keys.root()).await?;
+        Ok(View::from_listing(store, store.list(&store.keys.root()).await?))
+    }
+
+    /// Reads only some kinds of record (`units`, `states`, ...), all at one revision. Unit files
+    /// are most of the keyspace's bytes, and a listing that shows none need not read them.
+    pub async fn read_dirs(store: &Store, dirs: &[&str]) -> anyhow::Result<View> {
+        let prefixes: Vec<String> = dirs.iter().map(|dir| store.keys.dir(dir)).collect();
+        let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        Ok(View::from_listing(store, store.list_many(&prefixes).await?))
+    }
+
+    fn from_listing(store: &Store, listing: Listing) -> View {
         let mut view = View { revision: listing.revision, ..View::default() };
         for kv in &listing.kvs {
             let Some(key) = store.keys.parse(kv.key()) else {
@@ -90,7 +101,7 @@ impl View {
                 Key::Engine => {}
             }
         }
-        Ok(view)
+        view
     }
 
     /// The desired state of a unit, inactive when none is stored.
