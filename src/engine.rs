@@ -9,11 +9,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use futures_util::future::join_all;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::keyspace::{self, ClaimRecord, EngineRecord, ProblemRecord, RECORD_VERSION};
+use crate::keyspace::{self, ClaimRecord, EngineRecord, Keyspace, ProblemRecord, RECORD_VERSION};
 use crate::mirror::{ClaimEntry, Mirror, SharedMirror};
 use crate::placement::{self, Machine, Placeable, Plan, Snapshot};
 use crate::store::{OPS_PER_TXN, Store};
@@ -256,8 +257,19 @@ impl Work {
     }
 }
 
-/// One guarded operation: applied only if all its compares hold.
-type GuardedOp = (Vec<Compare>, TxnOp);
+/// One guarded operation: applied only if all its compares hold and, when it names a machine,
+/// that machine's key is still bound to the given lease.
+struct GuardedOp {
+    guards: Vec<Compare>,
+    machine: Option<(String, i64)>,
+    op: TxnOp,
+}
+
+impl GuardedOp {
+    fn new(guards: Vec<Compare>, op: TxnOp) -> GuardedOp {
+        GuardedOp { guards, machine: None, op }
+    }
+}
 
 /// Writes one round of placement; returns the highest revision written.
 ///
@@ -272,7 +284,7 @@ async fn apply(store: &Store, config: &EngineConfig, work: &Work) -> anyhow::Res
         // Delete only the claim we saw: a newer one was written for a reason we have not seen.
         let key = keys.claim(name, global_on.as_deref());
         let guard = Compare::mod_revision(key.as_str(), CompareOp::Equal, *revision);
-        releases.push((vec![guard], TxnOp::delete(key, None)));
+        releases.push(GuardedOp::new(vec![guard], TxnOp::delete(key, None)));
     }
     for (name, machine) in &work.plan.release {
         let global_on = work.global.contains(name).then_some(machine.as_str());
@@ -280,7 +292,7 @@ async fn apply(store: &Store, config: &EngineConfig, work: &Work) -> anyhow::Res
         // The claim must still name the machine it is released from.
         let record = ClaimRecord { version: RECORD_VERSION, machine: machine.clone() };
         let guard = Compare::value(key.as_str(), CompareOp::Equal, keyspace::encode(&record));
-        releases.push((vec![guard], TxnOp::delete(key, None)));
+        releases.push(GuardedOp::new(vec![guard], TxnOp::delete(key, None)));
     }
     for (name, machine) in &work.plan.claim {
         let Some(&lease) = work.leases.get(machine) else {
@@ -290,14 +302,12 @@ async fn apply(store: &Store, config: &EngineConfig, work: &Work) -> anyhow::Res
         let key = keys.claim(name, global_on);
         let record = ClaimRecord { version: RECORD_VERSION, machine: machine.clone() };
         // Two guards: nobody claimed the unit since we looked, and the host is still alive under
-        // the lease we bind the claim to (a host that died and came back has a new lease).
-        let guards = vec![
-            Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
-            Compare::lease(keys.machine(machine), CompareOp::Equal, lease),
-        ];
+        // the lease we bind the claim to (a host that died and came back has a new lease). The
+        // second is shared by every claim for the host in a transaction.
+        let guards = vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)];
         let put =
             TxnOp::put(key, keyspace::encode(&record), Some(PutOptions::new().with_lease(lease)));
-        writes.push((guards, put));
+        writes.push(GuardedOp { guards, machine: Some((machine.clone(), lease)), op: put });
         debug!(unit.name = %name, machine.id = %machine, "placing unit");
     }
     for (name, reason) in &work.plan.unplaceable {
@@ -305,12 +315,12 @@ async fn apply(store: &Store, config: &EngineConfig, work: &Work) -> anyhow::Res
             let record = ProblemRecord { version: RECORD_VERSION, reason: reason.clone() };
             let options = PutOptions::new().with_lease(config.lease);
             let put = TxnOp::put(keys.problem(name), keyspace::encode(&record), Some(options));
-            writes.push((Vec::new(), put));
+            writes.push(GuardedOp::new(Vec::new(), put));
         }
     }
     for name in work.problems.keys() {
         if !work.plan.unplaceable.contains_key(name) {
-            writes.push((Vec::new(), TxnOp::delete(keys.problem(name), None)));
+            writes.push(GuardedOp::new(Vec::new(), TxnOp::delete(keys.problem(name), None)));
         }
     }
 
@@ -320,19 +330,29 @@ async fn apply(store: &Store, config: &EngineConfig, work: &Work) -> anyhow::Res
 }
 
 /// Splits guarded operations into batches etcd accepts: it limits the compares of a transaction
-/// as it limits its operations, and a claim brings two compares. A batch over either limit is
-/// refused whole, and each of its claims would then cost a transaction of its own.
+/// as it limits its operations. A batch over either limit is refused whole, and each of its
+/// claims would then cost a transaction of its own.
 fn batches(ops: &[GuardedOp]) -> Vec<&[GuardedOp]> {
     let mut batches = Vec::new();
-    let (mut start, mut compares) = (0, 0);
-    for (index, (guards, _)) in ops.iter().enumerate() {
-        // One compare of every batch is the engine guard.
-        let full = index - start == OPS_PER_TXN || compares + guards.len() + 1 > OPS_PER_TXN;
+    let mut start = 0;
+    // One compare of every batch is the engine guard.
+    let mut compares = 1;
+    let mut machines = BTreeSet::new();
+    for (index, op) in ops.iter().enumerate() {
+        let new_machine = op.machine.as_ref().is_some_and(|(m, _)| !machines.contains(m.as_str()));
+        let needed = op.guards.len() + usize::from(new_machine);
+        let full = index - start == OPS_PER_TXN || compares + needed > OPS_PER_TXN;
         if full && index > start {
             batches.push(&ops[start..index]);
-            (start, compares) = (index, 0);
+            (start, compares) = (index, 1);
+            machines.clear();
         }
-        compares += guards.len();
+        if let Some((machine, _)) = &op.machine
+            && machines.insert(machine.as_str())
+        {
+            compares += 1;
+        }
+        compares += op.guards.len();
     }
     if start < ops.len() {
         batches.push(&ops[start..]);
@@ -340,32 +360,48 @@ fn batches(ops: &[GuardedOp]) -> Vec<&[GuardedOp]> {
     batches
 }
 
-/// Commits guarded operations in batches; a batch whose guard fails is retried one operation at
-/// a time, so one stale operation does not hold back the rest.
+/// The transaction of one batch: the engine guard, each machine's lease once, every op's own.
+fn transaction(keys: &Keyspace, engine_guard: &Compare, batch: &[GuardedOp]) -> Txn {
+    let mut compares = vec![engine_guard.clone()];
+    let machines: BTreeMap<&str, i64> =
+        batch.iter().filter_map(|op| op.machine.as_ref()).map(|(m, l)| (m.as_str(), *l)).collect();
+    compares.extend(
+        machines
+            .into_iter()
+            .map(|(machine, lease)| Compare::lease(keys.machine(machine), CompareOp::Equal, lease)),
+    );
+    compares.extend(batch.iter().flat_map(|op| op.guards.iter().cloned()));
+    Txn::new().when(compares).and_then(batch.iter().map(|op| op.op.clone()).collect::<Vec<_>>())
+}
+
+/// Commits guarded operations in batches, side by side since each stands on its own guards; a
+/// batch whose guard fails is retried one operation at a time, so one stale operation does not
+/// hold back the rest.
 async fn commit(store: &Store, config: &EngineConfig, ops: &[GuardedOp]) -> anyhow::Result<i64> {
     // Only the engine may write; if the key moved on, the whole round is void.
     let engine_guard = Compare::lease(store.keys.engine(), CompareOp::Equal, config.lease);
-    let txn = |guarded: &[GuardedOp]| {
-        let mut compares = vec![engine_guard.clone()];
-        compares.extend(guarded.iter().flat_map(|(c, _)| c.iter().cloned()));
-        let ops: Vec<TxnOp> = guarded.iter().map(|(_, op)| op.clone()).collect();
-        Txn::new().when(compares).and_then(ops)
-    };
+    let batches = batches(ops);
+    let results =
+        join_all(batches.into_iter().map(|b| commit_batch(store, &engine_guard, b))).await;
     let mut revision = 0;
-    for chunk in batches(ops) {
-        match store.client().txn(txn(chunk)).await {
-            Ok(response) if response.succeeded() => {
-                revision = revision.max(response.header().map_or(0, |h| h.revision()));
-                continue;
-            }
-            Ok(_) => {}
-            Err(error) => debug!(error = %error, "placement batch refused; retrying one by one"),
-        }
-        for one in chunk.chunks(1) {
-            let response = store.client().txn(txn(one)).await?;
-            if response.succeeded() {
-                revision = revision.max(response.header().map_or(0, |h| h.revision()));
-            }
+    for result in results {
+        revision = revision.max(result?);
+    }
+    Ok(revision)
+}
+
+async fn commit_batch(store: &Store, guard: &Compare, batch: &[GuardedOp]) -> anyhow::Result<i64> {
+    let revision_of = |r: &etcd_client::TxnResponse| r.header().map_or(0, |h| h.revision());
+    match store.client().txn(transaction(&store.keys, guard, batch)).await {
+        Ok(response) if response.succeeded() => return Ok(revision_of(&response)),
+        Ok(_) => {}
+        Err(error) => debug!(error = %error, "placement batch refused; retrying one by one"),
+    }
+    let mut revision = 0;
+    for one in batch.chunks(1) {
+        let response = store.client().txn(transaction(&store.keys, guard, one)).await?;
+        if response.succeeded() {
+            revision = revision.max(revision_of(&response));
         }
     }
     Ok(revision)
@@ -375,30 +411,50 @@ async fn commit(store: &Store, config: &EngineConfig, ops: &[GuardedOp]) -> anyh
 mod tests {
     use super::*;
 
-    fn claim(n: usize) -> GuardedOp {
+    fn claim(n: usize, machine: &str) -> GuardedOp {
         let key = format!("/flotilla/claims/u{n}.service");
-        let guards = vec![
-            Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
-            Compare::lease("/flotilla/machines/m", CompareOp::Equal, 7),
-        ];
-        (guards, TxnOp::put(key, "x", None))
+        let guards = vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)];
+        GuardedOp {
+            guards,
+            machine: Some((machine.to_string(), 7)),
+            op: TxnOp::put(key, "x", None),
+        }
+    }
+
+    fn compares(batch: &[GuardedOp]) -> usize {
+        let machines: BTreeSet<&str> =
+            batch.iter().filter_map(|op| op.machine.as_ref()).map(|(m, _)| m.as_str()).collect();
+        1 + machines.len() + batch.iter().map(|op| op.guards.len()).sum::<usize>()
     }
 
     #[test]
     fn batches_keep_compares_and_operations_within_etcd_s_limit() {
-        let claims: Vec<GuardedOp> = (0..500).map(claim).collect();
+        let hosts = ["a", "b", "c"];
+        let claims: Vec<GuardedOp> = (0..500).map(|n| claim(n, hosts[n % 3])).collect();
         let batches = batches(&claims);
         assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), 500);
         for batch in &batches {
-            let compares: usize = batch.iter().map(|(g, _)| g.len()).sum::<usize>() + 1;
-            assert!(compares <= OPS_PER_TXN && batch.len() <= OPS_PER_TXN, "{compares}");
+            assert!(compares(batch) <= OPS_PER_TXN && batch.len() <= OPS_PER_TXN);
         }
-        // Full batches, not one claim each: 59 claims and the engine guard fill 119 compares.
-        assert_eq!(batches.len(), 500_usize.div_ceil(59));
+        // The lease of each host is compared once a batch: the engine guard and three hosts
+        // leave room for 116 claims, not the 59 a lease compare per claim would allow.
+        assert_eq!(batches.len(), 500_usize.div_ceil(116));
 
-        let unguarded: Vec<GuardedOp> =
-            (0..250).map(|n| (Vec::new(), TxnOp::delete(format!("k{n}"), None))).collect();
+        let unguarded: Vec<GuardedOp> = (0..250)
+            .map(|n| GuardedOp::new(Vec::new(), TxnOp::delete(format!("k{n}"), None)))
+            .collect();
         let sizes: Vec<usize> = super::batches(&unguarded).iter().map(|b| b.len()).collect();
         assert_eq!(sizes, [120, 120, 10]);
+    }
+
+    #[test]
+    fn a_batch_compares_each_host_s_lease_once() {
+        let claims: Vec<GuardedOp> = (0..10).map(|n| claim(n, ["a", "b"][n % 2])).collect();
+        let keys = Keyspace::new("/flotilla");
+        let engine = Compare::lease(keys.engine(), CompareOp::Equal, 7);
+        let txn = format!("{:?}", transaction(&keys, &engine, &claims));
+        // The engine's key and the two hosts' keys; then one create guard per claim.
+        assert_eq!(txn.matches("target: Lease").count(), 3, "{txn}");
+        assert_eq!(txn.matches("target: Create").count(), 10, "{txn}");
     }
 }
