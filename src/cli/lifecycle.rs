@@ -9,8 +9,28 @@ use crate::keyspace::DesiredState;
 use crate::store::Store;
 use crate::unit::UnitName;
 
-/// Stores files named on the command line and resolves the rest; returns every unit named.
-async fn prepare(store: &Store, args: &[String], replace: bool) -> anyhow::Result<Vec<UnitName>> {
+/// The units a verb names, and those of them whose desired state is already written.
+struct Prepared {
+    names: Vec<UnitName>,
+    with_state: Vec<UnitName>,
+}
+
+impl Prepared {
+    /// The units whose desired state is still to be written.
+    fn without_state(&self) -> Vec<UnitName> {
+        self.names.iter().filter(|n| !self.with_state.contains(n)).cloned().collect()
+    }
+}
+
+/// Stores files named on the command line and resolves the rest. With `desired`, the files'
+/// units are stored with that state in the same transaction, which saves the cluster a write
+/// per unit; templates never get one.
+async fn prepare(
+    store: &Store,
+    args: &[String],
+    replace: bool,
+    desired: Option<DesiredState>,
+) -> anyhow::Result<Prepared> {
     let (paths, names): (Vec<String>, Vec<String>) =
         args.iter().cloned().partition(|arg| is_path(arg));
     let mut to_submit = Vec::new();
@@ -20,18 +40,30 @@ async fn prepare(store: &Store, args: &[String], replace: bool) -> anyhow::Resul
         templates.extend(file.template);
         to_submit.push((file.name, file.text));
     }
-    let view = View::read(store).await?;
-    let (mut resolved, instances) =
-        if names.is_empty() { (Vec::new(), Vec::new()) } else { resolve(&view, &names)? };
+    let (mut resolved, instances) = match names.is_empty() {
+        true => (Vec::new(), Vec::new()),
+        false => resolve(&View::read(store).await?, &names)?,
+    };
     to_submit.extend(instances);
-    if !to_submit.is_empty() {
-        let all: Vec<_> = templates.iter().chain(&to_submit).cloned().collect();
-        store.submit(&all, None, replace).await?;
+    // A file may name a template itself; it is stored without a state and refused later.
+    let (templates_named, to_submit): (Vec<_>, Vec<_>) =
+        to_submit.into_iter().partition(|(name, _)| name.is_template());
+    templates.extend(templates_named.iter().cloned());
+    if !templates.is_empty() {
+        store.submit(&templates, None, replace).await?;
     }
+    if !to_submit.is_empty() {
+        store.submit(&to_submit, desired, replace).await?;
+    }
+    let with_state: Vec<UnitName> = match desired {
+        Some(_) => to_submit.iter().map(|(name, _)| name.clone()).collect(),
+        None => Vec::new(),
+    };
     resolved.extend(to_submit.into_iter().map(|(name, _)| name));
+    resolved.extend(templates_named.into_iter().map(|(name, _)| name));
     resolved.sort();
     resolved.dedup();
-    Ok(resolved)
+    Ok(Prepared { names: resolved, with_state })
 }
 
 /// Drops templates a glob matched and refuses templates named outright: a template is never
@@ -65,9 +97,9 @@ pub async fn submit(store: &Store, args: &SubmitArgs) -> anyhow::Result<()> {
 
 /// `flotctl load`
 pub async fn load(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
-    let names = prepare(store, &args.units, args.replace).await?;
-    let names = without_templates(names, &args.units)?;
-    store.set_desired(&names, DesiredState::Loaded).await?;
+    let prepared = prepare(store, &args.units, args.replace, Some(DesiredState::Loaded)).await?;
+    let names = without_templates(prepared.names.clone(), &args.units)?;
+    store.set_desired(&prepared.without_state(), DesiredState::Loaded).await?;
     if !args.no_block {
         wait(store, &names, Goal::Loaded, args.timeout).await?;
     }
@@ -76,9 +108,9 @@ pub async fn load(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
 
 /// `flotctl start`
 pub async fn start(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
-    let names = prepare(store, &args.units, args.replace).await?;
-    let names = without_templates(names, &args.units)?;
-    store.set_desired(&names, DesiredState::Launched).await?;
+    let prepared = prepare(store, &args.units, args.replace, Some(DesiredState::Launched)).await?;
+    let names = without_templates(prepared.names.clone(), &args.units)?;
+    store.set_desired(&prepared.without_state(), DesiredState::Launched).await?;
     if !args.no_block {
         wait(store, &names, Goal::Active, args.timeout).await?;
     }
@@ -87,7 +119,7 @@ pub async fn start(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
 
 /// `flotctl stop`: units that were never placed are left inactive, not loaded.
 pub async fn stop(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
-    let names = prepare(store, &args.units, args.replace).await?;
+    let names = prepare(store, &args.units, args.replace, None).await?.names;
     let view = View::read(store).await?;
     let placed: Vec<UnitName> =
         names.iter().filter(|n| view.desired_state(n).is_placed()).cloned().collect();
@@ -102,7 +134,7 @@ pub async fn stop(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
 
 /// `flotctl restart`: the stop is always waited for, or the agent would never see it.
 pub async fn restart(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
-    let names = prepare(store, &args.units, args.replace).await?;
+    let names = prepare(store, &args.units, args.replace, None).await?.names;
     let names = without_templates(names, &args.units)?;
     store.set_desired(&names, DesiredState::Loaded).await?;
     wait(store, &names, Goal::Stopped, args.timeout).await?;
@@ -115,7 +147,7 @@ pub async fn restart(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
 
 /// `flotctl unload`
 pub async fn unload(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
-    let names = prepare(store, &args.units, args.replace).await?;
+    let names = prepare(store, &args.units, args.replace, None).await?.names;
     store.set_desired(&names, DesiredState::Inactive).await?;
     if !args.no_block {
         wait(store, &names, Goal::Gone, args.timeout).await?;
