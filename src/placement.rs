@@ -93,6 +93,14 @@ struct UnitInfo<'a> {
     conflicts: Result<GlobSet, String>,
 }
 
+impl UnitInfo<'_> {
+    /// Whether the unit refuses any neighbour at all: most units name no `Conflicts` and
+    /// replace nothing, and checking them against every resident made planning quadratic.
+    fn is_picky(&self) -> bool {
+        !self.options.replaces.is_empty() || self.conflicts.as_ref().is_ok_and(|g| !g.is_empty())
+    }
+}
+
 /// The working state of one [`plan`] call.
 struct Planner<'a> {
     machines: BTreeMap<&'a str, &'a Machine>,
@@ -104,6 +112,10 @@ struct Planner<'a> {
     placed: BTreeMap<&'a UnitName, BTreeSet<&'a str>>,
     /// The inverse of `placed`: which units each machine runs.
     residents: BTreeMap<&'a str, BTreeSet<&'a UnitName>>,
+    /// The residents that refuse some neighbours (see [`UnitInfo::is_picky`]).
+    picky_residents: BTreeMap<&'a str, BTreeSet<&'a UnitName>>,
+    /// The number of non-global residents of each machine.
+    loads: BTreeMap<&'a str, usize>,
     /// Units caught in an ordering cycle, with the cycle as reason.
     cycles: BTreeMap<&'a UnitName, String>,
     unplaceable: BTreeMap<UnitName, String>,
@@ -129,6 +141,8 @@ impl<'a> Planner<'a> {
             initial: BTreeMap::new(),
             placed: BTreeMap::new(),
             residents: BTreeMap::new(),
+            picky_residents: BTreeMap::new(),
+            loads: BTreeMap::new(),
             cycles: BTreeMap::new(),
             unplaceable: BTreeMap::new(),
         };
@@ -379,11 +393,16 @@ impl<'a> Planner<'a> {
         machine_id: &str,
         ignore: Option<&UnitName>,
     ) -> Option<&'a UnitName> {
-        self.residents.get(machine_id)?.iter().copied().find(|&resident| {
+        let refuses = |resident: &'a UnitName| {
             resident != unit_name
                 && Some(resident) != ignore
                 && (self.rejects(unit_name, resident) || self.rejects(resident, unit_name))
-        })
+        };
+        // A unit that refuses nobody can only be refused by a picky resident.
+        match self.units.get(unit_name).is_some_and(UnitInfo::is_picky) {
+            true => self.residents.get(machine_id)?.iter().copied().find(|&r| refuses(r)),
+            false => self.picky_residents.get(machine_id)?.iter().copied().find(|&r| refuses(r)),
+        }
     }
 
     /// True if `unit_name`'s own options forbid sharing a machine with `other`: a `Conflicts`
@@ -397,17 +416,20 @@ impl<'a> Planner<'a> {
 
     /// The number of non-global units on a machine; units outside the snapshot count too.
     fn load(&self, machine_id: &str) -> usize {
-        let Some(residents) = self.residents.get(machine_id) else {
-            return 0;
-        };
-        let is_global =
-            |unit_name| self.units.get(unit_name).is_some_and(|info| info.options.global);
-        residents.iter().filter(|&&unit_name| !is_global(unit_name)).count()
+        self.loads.get(machine_id).copied().unwrap_or(0)
     }
 
     fn add(&mut self, unit_name: &'a UnitName, machine_id: &'a str) {
         self.placed.entry(unit_name).or_default().insert(machine_id);
-        self.residents.entry(machine_id).or_default().insert(unit_name);
+        if self.residents.entry(machine_id).or_default().insert(unit_name) {
+            let info = self.units.get(unit_name);
+            if info.is_some_and(UnitInfo::is_picky) {
+                self.picky_residents.entry(machine_id).or_default().insert(unit_name);
+            }
+            if !info.is_some_and(|info| info.options.global) {
+                *self.loads.entry(machine_id).or_default() += 1;
+            }
+        }
         self.unplaceable.remove(unit_name);
     }
 
@@ -418,8 +440,16 @@ impl<'a> Planner<'a> {
                 self.placed.remove(unit_name);
             }
         }
-        if let Some(residents) = self.residents.get_mut(machine_id) {
-            residents.remove(unit_name);
+        let removed = self.residents.get_mut(machine_id).is_some_and(|r| r.remove(unit_name));
+        if removed {
+            if let Some(picky) = self.picky_residents.get_mut(machine_id) {
+                picky.remove(unit_name);
+            }
+            if !self.units.get(unit_name).is_some_and(|info| info.options.global)
+                && let Some(load) = self.loads.get_mut(machine_id)
+            {
+                *load -= 1;
+            }
         }
     }
 
