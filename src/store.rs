@@ -11,8 +11,10 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    TxnResponse,
 };
 use futures_util::future::join_all;
+use futures_util::{StreamExt, TryStreamExt};
 use tracing::debug;
 
 use crate::keyspace::{
@@ -22,6 +24,9 @@ use crate::unit::UnitName;
 
 /// etcd refuses transactions with more operations than `--max-txn-ops` (128 by default).
 pub const OPS_PER_TXN: usize = 120;
+
+/// Transactions [`Store::commit`] keeps in flight at once.
+const TXNS_IN_FLIGHT: usize = 16;
 
 /// Keys in a listing's first page; later pages are sized from the largest record seen.
 const FIRST_PAGE_KEYS: i64 = 1000;
@@ -332,11 +337,9 @@ impl Store {
             }
             batch.add(compares, ops, size);
         }
-        for txn in batch.finish() {
-            let response = self.client().txn(txn).await.context("failed to store unit files")?;
-            if !response.succeeded() {
-                bail!("unit files changed while submitting; try again");
-            }
+        let responses = self.commit(batch.finish()).await.context("failed to store unit files")?;
+        if !responses.iter().all(TxnResponse::succeeded) {
+            bail!("unit files changed while submitting; try again");
         }
         Ok(())
     }
@@ -352,14 +355,15 @@ impl Store {
         names: &[UnitName],
     ) -> anyhow::Result<BTreeMap<UnitName, (UnitRecord, i64)>> {
         let mut found = BTreeMap::new();
-        for chunk in names.chunks(OPS_PER_TXN) {
-            let ops: Vec<TxnOp> =
-                chunk.iter().map(|n| TxnOp::get(self.keys.unit(n), None)).collect();
-            let response = self
-                .client()
-                .txn(Txn::new().and_then(ops))
-                .await
-                .context("failed to read units")?;
+        let reads = names
+            .chunks(OPS_PER_TXN)
+            .map(|chunk| {
+                let ops: Vec<TxnOp> =
+                    chunk.iter().map(|n| TxnOp::get(self.keys.unit(n), None)).collect();
+                Txn::new().and_then(ops)
+            })
+            .collect();
+        for response in self.commit(reads).await.context("failed to read units")? {
             for op in response.op_responses() {
                 let etcd_client::TxnOpResponse::Get(get) = op else { continue };
                 for kv in get.kvs() {
@@ -382,12 +386,10 @@ impl Store {
             let guard = Compare::create_revision(self.keys.unit(name), CompareOp::Greater, 0);
             batch.add(vec![guard], vec![self.desired_op(name, state)], 0);
         }
-        for txn in batch.finish() {
-            let response =
-                self.client().txn(txn).await.context("failed to set the desired state")?;
-            if !response.succeeded() {
-                bail!("a unit was destroyed while its state was being set");
-            }
+        let responses =
+            self.commit(batch.finish()).await.context("failed to set the desired state")?;
+        if !responses.iter().all(TxnResponse::succeeded) {
+            bail!("a unit was destroyed while its state was being set");
         }
         Ok(())
     }
@@ -402,10 +404,22 @@ impl Store {
             ];
             batch.add(Vec::new(), ops, 0);
         }
-        for txn in batch.finish() {
-            self.client().txn(txn).await.context("failed to destroy units")?;
-        }
+        self.commit(batch.finish()).await.context("failed to destroy units")?;
         Ok(())
+    }
+
+    /// Sends transactions that do not depend on one another, several at a time: one after
+    /// another, a thousand units' worth took a round trip each.
+    pub async fn commit(&self, txns: Vec<Txn>) -> Result<Vec<TxnResponse>, etcd_client::Error> {
+        let client = self.client();
+        futures_util::stream::iter(txns)
+            .map(|txn| {
+                let mut client = client.clone();
+                async move { client.txn(txn).await }
+            })
+            .buffered(TXNS_IN_FLIGHT)
+            .try_collect()
+            .await
     }
 
     /// Puts a record bound to a lease.
