@@ -140,8 +140,17 @@ async fn lead(
             }
         };
         if let Some(work) = work {
+            let started = std::time::Instant::now();
             match apply(store, config, &work).await {
-                Ok(revision) => written_revision = revision,
+                Ok(revision) => {
+                    written_revision = revision;
+                    let (claims, releases) = (work.plan.claim.len(), work.plan.release.len());
+                    if claims + releases + work.stale.len() > 0 {
+                        let planned_ms = work.planned_ms;
+                        let applied_ms = started.elapsed().as_millis();
+                        debug!(claims, releases, planned_ms, applied_ms, "placement round");
+                    }
+                }
                 Err(error) => {
                     warn!(error = %format!("{error:#}"), "failed to apply placement");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -191,10 +200,13 @@ struct Work {
     leases: BTreeMap<String, i64>,
     /// Problems the mirror shows, to write only those that changed.
     problems: BTreeMap<UnitName, String>,
+    /// How long reading the mirror and planning took.
+    planned_ms: u128,
 }
 
 impl Work {
     fn from_mirror(mirror: &Mirror, options: &mut OptionsCache) -> Work {
+        let started = std::time::Instant::now();
         options.retain_current(mirror);
         let mut units = Vec::new();
         let mut global = BTreeSet::new();
@@ -253,7 +265,8 @@ impl Work {
         let mut plan = placement::plan(&Snapshot { machines, units, claims });
         plan.unplaceable.extend(unparsable);
         let leases = mirror.machines.iter().map(|(id, m)| (id.clone(), m.lease)).collect();
-        Work { plan, stale, global, leases, problems: mirror.problems.clone() }
+        let planned_ms = started.elapsed().as_millis();
+        Work { plan, stale, global, leases, problems: mirror.problems.clone(), planned_ms }
     }
 }
 
