@@ -68,6 +68,19 @@ fn config(args: Args) -> anyhow::Result<AgentConfig> {
     })
 }
 
+/// How often freed heap memory is handed back to the kernel.
+const TRIM_EVERY: Duration = Duration::from_secs(30);
+
+/// Hands the pages of freed heap memory back to the kernel. glibc keeps them otherwise: after a
+/// burst of thousands of units, an agent left with none still held 17 MB it no longer used.
+#[allow(unsafe_code)]
+fn release_free_memory() {
+    // SAFETY: malloc_trim takes no pointers and only returns free pages of glibc's own heap.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -95,6 +108,15 @@ async fn main() -> ExitCode {
         }
         info!("shutdown requested");
         trigger.cancel();
+    });
+
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(TRIM_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            release_free_memory();
+        }
     });
 
     let outcome = match config(args) {
