@@ -283,24 +283,33 @@ async fn step(
             if events.is_empty() {
                 return WatchState::Watching(stream);
             }
+            let mut mirrored = false;
             let revision = {
                 let mut mirror = mirror.write().expect("mirror lock");
                 for event in events {
                     let Some(kv) = event.kv() else { continue };
+                    let Some(key) = store.keys.parse(kv.key()) else { continue };
+                    mirrored |= !matches!(key, Key::State(..) | Key::Image(..));
                     match event.event_type() {
                         EventType::Put => mirror.put(store, kv),
-                        EventType::Delete => {
-                            if let Some(key) = store.keys.parse(kv.key()) {
-                                mirror.delete(&key);
-                            }
-                        }
+                        EventType::Delete => mirror.delete(&key),
                     }
                 }
                 let last = events.iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max();
                 mirror.revision = last.unwrap_or(mirror.revision).max(mirror.revision);
                 mirror.revision
             };
-            changed.send_replace(revision);
+            // Hosts' state and image reports are most of the traffic in a bulk start, and no
+            // reader of the mirror decides from them: waking every agent and the engine for
+            // each batch cost each a full pass over its units.
+            if mirrored {
+                changed.send_replace(revision);
+            } else {
+                changed.send_if_modified(|seen| {
+                    *seen = revision;
+                    false
+                });
+            }
             WatchState::Watching(stream)
         }
         WatchState::Backoff(pause) => {
