@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
-use futures_util::future::join_all;
-use tokio::sync::{mpsc, watch};
+use futures_util::{StreamExt, stream};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -22,13 +22,13 @@ use tracing::{debug, error, info, warn};
 use crate::container::{ContainerSpec, RestartPolicy};
 use crate::docker::DockerEngine;
 use crate::engine::{self, EngineConfig};
-use crate::keyspace::{self, MachineRecord, RECORD_VERSION, StateRecord, Transition};
+use crate::keyspace::{self, Keyspace, MachineRecord, RECORD_VERSION, StateRecord, Transition};
 use crate::lease::{self, Lease};
 use crate::mirror::{self, Mirror, SharedMirror};
 use crate::prepull::PrePuller;
 use crate::reconcile::{self, Action, Local, Restart, Want};
-use crate::store::{self, OPS_PER_TXN, Store};
-use crate::systemd::{self, Observed, Systemd};
+use crate::store::{self, MAX_VALUE_BYTES, OPS_PER_TXN, Store};
+use crate::systemd::{self, Observed, StartJob, Systemd};
 use crate::unit::{FleetOptions, UnitFile, UnitName};
 
 /// How flotd is configured; every field comes from a flag or a `FLOTD_*` variable.
@@ -442,6 +442,84 @@ fn is_container(name: &UnitName) -> bool {
 /// How many transitions a state record keeps.
 const TRANSITIONS_KEPT: usize = 10;
 
+/// Installs, starts and state reads in flight at once: enough to keep systemd busy while the
+/// replies travel, and far below what dbus-daemon lets one connection have pending.
+const UNIT_CALLS_IN_FLIGHT: usize = 16;
+
+/// Stops in flight at once. A stop mostly waits for its job, but systemd watches the caller of
+/// every pending job with a match rule of its own bus connection, and dbus-daemon allows one
+/// connection 512: past that systemd loses the bus, and every call pending with it.
+const STOPS_IN_FLIGHT: usize = 32;
+
+/// Start jobs this agent keeps pending in systemd at once, for the same limit as stops.
+const STARTS_PENDING: usize = 128;
+
+/// State report transactions in flight at once.
+const REPORT_TXNS_IN_FLIGHT: usize = 4;
+
+/// How soon a pass follows one that could not stop a unit or write a state report.
+const PASS_RETRY: Duration = Duration::from_secs(1);
+
+/// While fencing, the least time a unit is given to stop before it is killed: long enough for
+/// its stop job to be queued, which keeps systemd from restarting it once killed.
+const FENCE_GRACE_FLOOR: Duration = Duration::from_millis(100);
+
+/// A change to one unit's state report.
+#[derive(Debug)]
+enum ReportChange {
+    /// Write this record under the lease.
+    Put(StateRecord),
+    /// Delete the report: the unit left this host.
+    Delete,
+}
+
+/// Report changes that go to etcd in one transaction.
+#[derive(Default)]
+struct ReportBatch {
+    changes: Vec<(UnitName, ReportChange)>,
+    ops: Vec<TxnOp>,
+    bytes: usize,
+}
+
+/// Groups report changes into transactions within etcd's limits on operations and request size.
+///
+/// No compare is needed: the reports are this host's own keys, and a put bound to a lease that
+/// is gone fails the whole transaction, which is what the caller wants.
+fn report_batches(
+    keys: &Keyspace,
+    machine_id: &str,
+    lease: i64,
+    changes: Vec<(UnitName, ReportChange)>,
+) -> Vec<ReportBatch> {
+    let mut batches = Vec::new();
+    let mut batch = ReportBatch::default();
+    for (name, change) in changes {
+        let key = keys.state(machine_id, &name);
+        let (op, bytes) = match &change {
+            ReportChange::Put(record) => {
+                let value = keyspace::encode(record);
+                let bytes = key.len() + value.len();
+                (TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease))), bytes)
+            }
+            ReportChange::Delete => {
+                let bytes = key.len();
+                (TxnOp::delete(key, None), bytes)
+            }
+        };
+        let full = batch.ops.len() == OPS_PER_TXN || batch.bytes + bytes > MAX_VALUE_BYTES;
+        if !batch.ops.is_empty() && full {
+            batches.push(std::mem::take(&mut batch));
+        }
+        batch.changes.push((name, change));
+        batch.ops.push(op);
+        batch.bytes += bytes;
+    }
+    if !batch.ops.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
 /// The agent's memory of its units between passes.
 struct Agent {
     store: Store,
@@ -467,6 +545,11 @@ struct Agent {
     /// While fencing: how long a unit may take to stop before it is killed, so that it is gone
     /// before the lease can expire in etcd.
     fence_grace: Option<Duration>,
+    /// When a pass is due to try again the stops and state reports the last one failed at.
+    ///
+    /// Such a failure, a call nobody answered, changes nothing that would wake a pass. The pass
+    /// decides afresh: a unit still up is stopped again, a report not written is written.
+    retry_pass_at: Option<Instant>,
 }
 
 impl Agent {
@@ -508,6 +591,7 @@ impl Agent {
             dirty,
             reporting: true,
             fence_grace: None,
+            retry_pass_at: None,
         })
     }
 
@@ -515,8 +599,9 @@ impl Agent {
         self.docker.as_ref().ok_or_else(|| anyhow!("no Docker engine answers on this host"))
     }
 
-    async fn stop_unit(&self, name: &UnitName) -> anyhow::Result<()> {
-        match (is_container(name), self.fence_grace) {
+    /// Stops a unit; with a `grace`, what still runs after it is killed.
+    async fn stop_unit(&self, name: &UnitName, grace: Option<Duration>) -> anyhow::Result<()> {
+        match (is_container(name), grace) {
             (true, grace) => self.docker()?.stop(name, grace).await,
             (false, None) => self.systemd.stop(name, self.stop_timeout).await,
             (false, Some(grace)) => self.systemd.stop_within(name, grace).await,
@@ -537,10 +622,11 @@ impl Agent {
         }
     }
 
-    async fn start_unit(&self, name: &UnitName) -> anyhow::Result<()> {
+    /// Starts a unit; for a systemd unit, returns the start job to wait for.
+    async fn start_unit(&self, name: &UnitName) -> anyhow::Result<Option<StartJob>> {
         match is_container(name) {
-            true => self.docker()?.start(name).await,
-            false => self.systemd.start(name).await,
+            true => self.docker()?.start(name).await.map(|()| None),
+            false => self.systemd.start(name).await.map(Some),
         }
     }
 
@@ -552,12 +638,13 @@ impl Agent {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        self.local.values().filter_map(|l| l.retry_at).min()
+        self.local.values().filter_map(|l| l.retry_at).chain(self.retry_pass_at).min()
     }
 
     /// One reconcile pass: make systemd match `wants` and report what it says.
     async fn converge(&mut self, wants: &BTreeMap<UnitName, Want>) {
         let now = Instant::now();
+        self.retry_pass_at = None;
         // Reported units are included so that a report outlives neither its unit nor its file.
         let names: BTreeSet<UnitName> = wants
             .keys()
@@ -572,7 +659,7 @@ impl Agent {
         }
         self.refresh_observed().await;
 
-        let mut plans = Vec::new();
+        let mut plans: Vec<(UnitName, Vec<Action>)> = Vec::new();
         for name in &names {
             let local = self.local.entry(name.clone()).or_default();
             let actions = reconcile::decide(
@@ -587,89 +674,160 @@ impl Agent {
             }
         }
 
-        // Removals and stops wait for systemd's stop jobs; run them side by side so one slow
-        // ExecStop does not hold the others.
-        let stops = plans
-            .iter()
-            .filter(|(_, actions)| actions.iter().any(|a| matches!(a, Action::Stop)))
-            .map(|(name, _)| name.clone())
-            .collect::<Vec<_>>();
-        let results = join_all(stops.iter().map(|n| self.stop_unit(n))).await;
-        for (name, result) in stops.iter().zip(results) {
-            self.dirty.insert(name.clone());
-            if let Err(error) = result {
-                self.fail(name, &error);
-            }
-        }
+        // A unit that did not stop keeps its file, and its other actions wait for the stop to
+        // succeed on a later pass.
+        let stuck = self.stop_units(&plans).await;
+        plans.retain(|(name, _)| !stuck.contains(name));
 
-        let mut reload = false;
-        for (name, actions) in &plans {
-            for action in actions {
-                match action {
-                    Action::Stop | Action::Start => {}
-                    Action::Install => {
-                        let want = &wants[name];
-                        match self.install_unit(name, want).await {
-                            Ok(()) => {
-                                self.installed.insert(name.clone(), want.hash.clone());
-                            }
-                            Err(error) => {
-                                self.fail(name, &error);
-                                let local = self.local.entry(name.clone()).or_default();
-                                local.retry_at =
-                                    Some(Instant::now() + reconcile::backoff(local.retries));
-                                local.retries += 1;
-                            }
-                        }
-                        reload = true;
-                    }
-                    Action::Remove => {
-                        if let Err(error) = self.uninstall_unit(name).await {
-                            self.fail(name, &error);
-                        }
-                        self.installed.remove(name);
-                        reload |= !is_container(name);
-                    }
-                }
-            }
-        }
-        if reload && let Err(error) = self.systemd.reload().await {
+        if self.change_files(&plans, wants).await
+            && let Err(error) = self.systemd.reload().await
+        {
             warn!(error = %format!("{error:#}"), "failed to reload systemd");
         }
 
         let starts: Vec<UnitName> = plans
             .iter()
             .filter(|(name, actions)| {
-                actions.iter().any(|a| matches!(a, Action::Start))
-                    && self.installed.contains_key(name)
+                actions.contains(&Action::Start) && self.installed.contains_key(name)
             })
             .map(|(name, _)| name.clone())
             .collect();
         let confirmed = self.confirm_claims(&starts).await;
-        for name in &starts {
-            if !confirmed.contains(name) {
-                // The mirror may lag behind etcd: a unit that moved meanwhile must not start here.
-                debug!(unit.name = %name, "claim not confirmed; not starting");
-                let local = self.local.entry(name.clone()).or_default();
-                local.started = false;
-                // Look again shortly, in case etcd could not be asked at all.
-                local.retry_at = Some(Instant::now() + Duration::from_secs(1));
-                continue;
+        for name in starts.iter().filter(|name| !confirmed.contains(*name)) {
+            // The mirror may lag behind etcd: a unit that moved meanwhile must not start here.
+            debug!(unit.name = %name, "claim not confirmed; not starting");
+            let local = self.local.entry(name.clone()).or_default();
+            local.started = false;
+            // Look again shortly, in case etcd could not be asked at all.
+            local.retry_at = Some(Instant::now() + Duration::from_secs(1));
+        }
+        self.start_units(&confirmed).await;
+        self.refresh_observed().await;
+
+        if self.reporting {
+            self.report(&names, wants).await;
+        }
+        self.local.retain(|name, _| wants.contains_key(name) || self.installed.contains_key(name));
+    }
+
+    /// Stops every unit whose plan holds a stop, several side by side so that one slow ExecStop
+    /// does not hold the others; returns the units that did not stop.
+    async fn stop_units(&mut self, plans: &[(UnitName, Vec<Action>)]) -> BTreeSet<UnitName> {
+        // While fencing, the grace is the whole pass's: a unit whose stop waited for a free slot
+        // is killed sooner, so that all are gone about when they would be if stopped at once.
+        let fence_deadline = self.fence_grace.map(|grace| Instant::now() + grace);
+        let grace = move || {
+            let left = |deadline: Instant| deadline.saturating_duration_since(Instant::now());
+            fence_deadline.map(|deadline| left(deadline).max(FENCE_GRACE_FLOOR))
+        };
+        let this = &*self;
+        let results: Vec<(&UnitName, anyhow::Result<()>)> = stream::iter(plans)
+            .filter(|(_, actions)| std::future::ready(actions.contains(&Action::Stop)))
+            .map(|(name, _)| async move { (name, this.stop_unit(name, grace()).await) })
+            .buffer_unordered(STOPS_IN_FLIGHT)
+            .collect()
+            .await;
+
+        let mut stuck = BTreeSet::new();
+        for (name, result) in results {
+            self.dirty.insert(name.clone());
+            let Err(error) = result else { continue };
+            self.fail(name, &error);
+            self.retry_pass_at = Some(Instant::now() + PASS_RETRY);
+            stuck.insert(name.clone());
+        }
+        stuck
+    }
+
+    /// Writes the files of the plans' installs and removes those of their removals, several at
+    /// a time; returns whether systemd must reload.
+    async fn change_files(
+        &mut self,
+        plans: &[(UnitName, Vec<Action>)],
+        wants: &BTreeMap<UnitName, Want>,
+    ) -> bool {
+        // Each file change pairs a unit with the file it should have, or with none.
+        let changes = plans.iter().flat_map(|(name, actions)| {
+            actions.iter().filter_map(move |action| match action {
+                Action::Install => Some((name, Some(&wants[name]))),
+                Action::Remove => Some((name, None)),
+                Action::Stop | Action::Start => None,
+            })
+        });
+        let this = &*self;
+        let results: Vec<(&UnitName, Option<&Want>, anyhow::Result<()>)> = stream::iter(changes)
+            .map(|(name, want)| async move {
+                let result = match want {
+                    Some(want) => this.install_unit(name, want).await,
+                    None => this.uninstall_unit(name).await,
+                };
+                (name, want, result)
+            })
+            .buffer_unordered(UNIT_CALLS_IN_FLIGHT)
+            .collect()
+            .await;
+
+        let mut reload = false;
+        for (name, want, result) in results {
+            match (want, result) {
+                (Some(want), Ok(())) => {
+                    self.installed.insert(name.clone(), want.hash.clone());
+                    reload = true;
+                }
+                (Some(_), Err(error)) => {
+                    self.fail(name, &error);
+                    let local = self.local.entry(name.clone()).or_default();
+                    local.retry_at = Some(Instant::now() + reconcile::backoff(local.retries));
+                    local.retries += 1;
+                    reload = true;
+                }
+                (None, result) => {
+                    if let Err(error) = result {
+                        self.fail(name, &error);
+                    }
+                    self.installed.remove(name);
+                    reload |= !is_container(name);
+                }
             }
-            debug!(unit.name = %name, "starting unit");
-            if let Err(error) = self.start_unit(name).await {
+        }
+        reload
+    }
+
+    /// Starts the units and waits for their start jobs, so that the state read next is the
+    /// settled one.
+    ///
+    /// The calls go a few at a time, but many more jobs may be pending at once: a unit slow to
+    /// start then holds one of many places for the settle time, and the quick ones pass it.
+    async fn start_units(&mut self, names: &BTreeSet<UnitName>) {
+        let this = &*self;
+        let calls = Semaphore::new(UNIT_CALLS_IN_FLIGHT);
+        let calls = &calls;
+        let results: Vec<(&UnitName, anyhow::Result<()>)> = stream::iter(names)
+            .map(|name| async move {
+                let started = {
+                    let _call = calls.acquire().await.expect("the semaphore is never closed");
+                    debug!(unit.name = %name, "starting unit");
+                    this.start_unit(name).await
+                };
+                match started {
+                    Ok(job) => {
+                        if let Some(job) = job {
+                            job.settle().await;
+                        }
+                        (name, Ok(()))
+                    }
+                    Err(error) => (name, Err(error)),
+                }
+            })
+            .buffer_unordered(STARTS_PENDING)
+            .collect()
+            .await;
+        for (name, result) in results {
+            if let Err(error) = result {
                 self.fail(name, &error);
             }
             self.dirty.insert(name.clone());
         }
-        self.refresh_observed().await;
-
-        if self.reporting {
-            for name in &names {
-                self.report(name, wants.get(name)).await;
-            }
-        }
-        self.local.retain(|name, _| wants.contains_key(name) || self.installed.contains_key(name));
     }
 
     /// The units among `names` whose claim etcd says this host holds right now.
@@ -721,14 +879,25 @@ impl Agent {
         self.local.entry(name.clone()).or_default().error = Some(format!("{error:#}"));
     }
 
+    /// Reads again the state of every dirty unit, several at a time.
     async fn refresh_observed(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for name in dirty {
-            if !self.installed.contains_key(&name) {
-                self.observed.remove(&name);
-                continue;
-            }
-            match self.observe_unit(&name).await {
+        let (known, gone): (Vec<UnitName>, Vec<UnitName>) = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .partition(|n| self.installed.contains_key(n));
+        for name in &gone {
+            self.observed.remove(name);
+        }
+        let this = &*self;
+        let results: Vec<(UnitName, anyhow::Result<Observed>)> = stream::iter(known)
+            .map(|name| async move {
+                let result = this.observe_unit(&name).await;
+                (name, result)
+            })
+            .buffer_unordered(UNIT_CALLS_IN_FLIGHT)
+            .collect()
+            .await;
+        for (name, result) in results {
+            match result {
                 Ok(observed) => {
                     self.observed.insert(name, observed);
                 }
@@ -739,9 +908,61 @@ impl Agent {
         }
     }
 
-    /// Writes the unit's state to etcd if it differs from the last report.
-    async fn report(&mut self, name: &UnitName, want: Option<&Want>) {
-        let key = self.store.keys.state(&self.machine_id, name);
+    /// Writes to etcd the state of every unit among `names` whose report changed, in as few
+    /// transactions as etcd allows.
+    ///
+    /// Only what was written is remembered as reported: a unit whose transaction failed (the
+    /// lease is gone, etcd did not answer) is reported again on the next pass.
+    async fn report(&mut self, names: &BTreeSet<UnitName>, wants: &BTreeMap<UnitName, Want>) {
+        let changes: Vec<(UnitName, ReportChange)> = names
+            .iter()
+            .filter_map(|name| Some((name.clone(), self.report_change(name, wants.get(name))?)))
+            .collect();
+        if changes.is_empty() {
+            return;
+        }
+        let batches = report_batches(&self.store.keys, &self.machine_id, self.lease, changes);
+        let client = self.store.client();
+        let results: Vec<_> = stream::iter(batches)
+            .map(|batch| {
+                let mut client = client.clone();
+                async move {
+                    let result = client.txn(Txn::new().and_then(batch.ops)).await;
+                    (batch.changes, result)
+                }
+            })
+            .buffer_unordered(REPORT_TXNS_IN_FLIGHT)
+            .collect()
+            .await;
+
+        let (mut unreported, mut last_error) = (0, None);
+        for (changes, result) in results {
+            if let Err(error) = result {
+                unreported += changes.len();
+                last_error = Some(store::describe(&error));
+                continue;
+            }
+            for (name, change) in changes {
+                match change {
+                    ReportChange::Put(record) => {
+                        let (active, sub) = (&record.active, &record.sub);
+                        debug!(unit.name = %name, active = %active, sub = %sub, "state reported");
+                        self.reported.insert(name, record);
+                    }
+                    ReportChange::Delete => {
+                        self.reported.remove(&name);
+                    }
+                }
+            }
+        }
+        if let Some(error) = last_error {
+            warn!(units = unreported, error = %error, "failed to report unit states");
+            self.retry_pass_at = Some(Instant::now() + PASS_RETRY);
+        }
+    }
+
+    /// What the unit's state report must become, if it differs from the last one written.
+    fn report_change(&self, name: &UnitName, want: Option<&Want>) -> Option<ReportChange> {
         // A unit that could not even be installed is reported failed, with the reason.
         let not_installed = Observed {
             load: "error".into(),
@@ -759,12 +980,7 @@ impl Agent {
             observed => observed,
         };
         let (Some(want), Some(observed)) = (want, observed) else {
-            if self.reported.remove(name).is_some()
-                && let Err(error) = self.store.delete(&key).await
-            {
-                warn!(unit.name = %name, error = %format!("{error:#}"), "failed to clear state");
-            }
-            return;
+            return self.reported.contains_key(name).then_some(ReportChange::Delete);
         };
         let local = self.local.get(name).cloned().unwrap_or_default();
         let previous = self.reported.get(name);
@@ -793,16 +1009,66 @@ impl Agent {
             error: local.error.clone().or_else(|| observed.detail.clone()),
             transitions,
         };
-        if previous == Some(&record) {
-            return;
+        (previous != Some(&record)).then_some(ReportChange::Put(record))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(error: Option<String>) -> StateRecord {
+        StateRecord {
+            version: RECORD_VERSION,
+            machine: "m".repeat(32),
+            hash: "h1".into(),
+            load: "loaded".into(),
+            active: "active".into(),
+            sub: "exited".into(),
+            main_pid: 0,
+            since_ms: 0,
+            retries: 0,
+            error,
+            transitions: Vec::new(),
         }
-        match self.store.put_leased(&key, &record, self.lease).await {
-            Ok(()) => {
-                let (active, sub) = (&record.active, &record.sub);
-                debug!(unit.name = %name, active = %active, sub = %sub, "state reported");
-                self.reported.insert(name.clone(), record);
-            }
-            Err(error) => warn!(unit.name = %name, error = %format!("{error:#}"), "report failed"),
+    }
+
+    fn changes(n: usize, error: Option<String>) -> Vec<(UnitName, ReportChange)> {
+        (0..n)
+            .map(|i| {
+                let name = UnitName::parse(&format!("u{i}.service")).unwrap();
+                let change = match i % 10 {
+                    0 => ReportChange::Delete,
+                    _ => ReportChange::Put(record(error.clone())),
+                };
+                (name, change)
+            })
+            .collect()
+    }
+
+    fn batch_sizes(changes: Vec<(UnitName, ReportChange)>) -> Vec<usize> {
+        let keys = Keyspace::new("/flotilla");
+        let batches = report_batches(&keys, &"m".repeat(32), 7, changes);
+        for batch in &batches {
+            assert_eq!(batch.ops.len(), batch.changes.len());
+            assert!(batch.bytes <= MAX_VALUE_BYTES, "{} bytes", batch.bytes);
         }
+        batches.iter().map(|b| b.ops.len()).collect()
+    }
+
+    #[test]
+    fn reports_go_in_transactions_of_at_most_the_op_limit() {
+        assert_eq!(batch_sizes(changes(0, None)), Vec::<usize>::new());
+        assert_eq!(batch_sizes(changes(1, None)), [1]);
+        assert_eq!(batch_sizes(changes(OPS_PER_TXN, None)), [OPS_PER_TXN]);
+        assert_eq!(batch_sizes(changes(250, None)), [OPS_PER_TXN, OPS_PER_TXN, 10]);
+    }
+
+    #[test]
+    fn large_reports_go_in_transactions_within_the_request_limit() {
+        let long_error = Some("x".repeat(MAX_VALUE_BYTES / 20));
+        let sizes = batch_sizes(changes(50, long_error));
+        assert_eq!(sizes.iter().sum::<usize>(), 50);
+        assert!(sizes.len() > 2, "{sizes:?}");
     }
 }
