@@ -130,10 +130,13 @@ fn connect_options() -> ConnectOptions {
     ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))
-        // etcd closes connections that ping more often than its --grpc-keepalive-min-time (5 s
-        // by default), and every reconnect costs the mirror a full listing.
-        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-        .with_keep_alive_while_idle(false)
+        // Pings find a connection to a dead member within 4 s, before the lease's fencing
+        // deadline; without them a renewal stream on it hangs and the host fences. etcd closes
+        // connections that ping this often (its --grpc-keepalive-min-time is 5 s), which costs
+        // a reconnect and a listing now and then; 10 s pings, tried, let a leader kill fence a
+        // host.
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true)
 }
 
 /// Asks one member for its status, so a dead member is left out of the client.
