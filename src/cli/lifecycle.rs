@@ -1,6 +1,8 @@
 //! The verbs that change what the cluster runs: submit, load, start, stop, restart, unload and
 //! destroy.
 
+use std::collections::BTreeSet;
+
 use anyhow::bail;
 
 use super::wait::{Goal, wait};
@@ -12,7 +14,7 @@ use crate::unit::UnitName;
 /// The units a verb names, and those of them whose desired state is already written.
 struct Prepared {
     names: Vec<UnitName>,
-    with_state: Vec<UnitName>,
+    with_state: BTreeSet<UnitName>,
 }
 
 impl Prepared {
@@ -55,9 +57,9 @@ async fn prepare(
     if !to_submit.is_empty() {
         store.submit(&to_submit, desired, replace).await?;
     }
-    let with_state: Vec<UnitName> = match desired {
+    let with_state: BTreeSet<UnitName> = match desired {
         Some(_) => to_submit.iter().map(|(name, _)| name.clone()).collect(),
-        None => Vec::new(),
+        None => BTreeSet::new(),
     };
     resolved.extend(to_submit.into_iter().map(|(name, _)| name));
     resolved.extend(templates_named.into_iter().map(|(name, _)| name));
