@@ -454,9 +454,6 @@ const STOPS_IN_FLIGHT: usize = 32;
 /// Start jobs this agent keeps pending in systemd at once, for the same limit as stops.
 const STARTS_PENDING: usize = 128;
 
-/// State report transactions in flight at once.
-const REPORT_TXNS_IN_FLIGHT: usize = 4;
-
 /// How soon a pass follows one that could not stop a unit or write a state report.
 const PASS_RETRY: Duration = Duration::from_secs(1);
 
@@ -922,18 +919,9 @@ impl Agent {
             return;
         }
         let batches = report_batches(&self.store.keys, &self.machine_id, self.lease, changes);
-        let client = self.store.client();
-        let results: Vec<_> = stream::iter(batches)
-            .map(|batch| {
-                let mut client = client.clone();
-                async move {
-                    let result = client.txn(Txn::new().and_then(batch.ops)).await;
-                    (batch.changes, result)
-                }
-            })
-            .buffer_unordered(REPORT_TXNS_IN_FLIGHT)
-            .collect()
-            .await;
+        let (changes, txns): (Vec<_>, Vec<_>) =
+            batches.into_iter().map(|b| (b.changes, Txn::new().and_then(b.ops))).unzip();
+        let results = changes.into_iter().zip(self.store.commit_each(txns).await);
 
         let (mut unreported, mut last_error) = (0, None);
         for (changes, result) in results {

@@ -13,8 +13,8 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
     TxnResponse,
 };
+use futures_util::StreamExt;
 use futures_util::future::join_all;
-use futures_util::{StreamExt, TryStreamExt};
 use tracing::debug;
 
 use crate::keyspace::{
@@ -412,8 +412,16 @@ impl Store {
     }
 
     /// Sends transactions that do not depend on one another, several at a time: one after
-    /// another, a thousand units' worth took a round trip each.
+    /// another, a thousand units' worth took a round trip each. Fails if any failed.
     pub async fn commit(&self, txns: Vec<Txn>) -> Result<Vec<TxnResponse>, etcd_client::Error> {
+        self.commit_each(txns).await.into_iter().collect()
+    }
+
+    /// Like [`Store::commit`], with each transaction's own outcome, in the order given.
+    pub async fn commit_each(
+        &self,
+        txns: Vec<Txn>,
+    ) -> Vec<Result<TxnResponse, etcd_client::Error>> {
         let client = self.client();
         futures_util::stream::iter(txns)
             .map(|txn| {
@@ -421,7 +429,7 @@ impl Store {
                 async move { client.txn(txn).await }
             })
             .buffered(TXNS_IN_FLIGHT)
-            .try_collect()
+            .collect()
             .await
     }
 
