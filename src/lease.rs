@@ -7,6 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -101,67 +103,86 @@ async fn renew_until_lost(store: &Store, lease: &Lease) {
     let give_up_after = lease.ttl - safety_margin(lease.ttl);
     let mut last_renewed = Instant::now();
     loop {
-        let deadline = last_renewed + give_up_after;
-        let mut client = store.client();
-        let (mut keeper, mut stream) =
-            match tokio::time::timeout_at(deadline, client.lease_keep_alive(lease.id)).await {
-                Err(_) => return,
-                Ok(Ok(pair)) => pair,
-                Ok(Err(error)) => {
-                    warn!(lease.id = lease.id, error = %error, "lease renewal failed");
-                    reconnect_before(store, deadline).await;
-                    continue;
-                }
-            };
-        loop {
-            // etcd extends the lease when it handles the request, which is after it was sent:
-            // counting from the send keeps the local deadline no later than etcd's.
-            let sent = Instant::now();
-            if let Err(error) = keeper.keep_alive().await {
-                warn!(lease.id = lease.id, error = %error, "lease renewal failed");
-                break;
-            }
-            let deadline = last_renewed + give_up_after;
-            match tokio::time::timeout_at(deadline, stream.message()).await {
-                Err(_) => return,
-                Ok(Ok(Some(response))) if response.ttl() > 0 => last_renewed = sent,
-                // etcd answers a renewal of an expired lease with a TTL of zero.
-                Ok(Ok(Some(_))) => return,
-                Ok(Ok(None)) => break,
-                Ok(Err(error)) => {
-                    debug!(lease.id = lease.id, error = %error, "lease renewal stream broke");
-                    break;
-                }
-            }
-            tokio::time::sleep(interval).await;
+        tokio::time::sleep_until(last_renewed + interval).await;
+        match renew(store, lease, last_renewed + give_up_after).await {
+            Some(Renewal::Renewed(sent)) => last_renewed = sent,
+            Some(Renewal::Expired) | None => return,
         }
-        if Instant::now() >= last_renewed + give_up_after {
-            return;
-        }
-        reconnect_before(store, last_renewed + give_up_after).await;
     }
 }
 
-/// Pauses briefly and reconnects, but never past `deadline`: probing dead endpoints can take
-/// seconds, and the deadline is when the units must be stopping.
-async fn reconnect_before(store: &Store, deadline: Instant) {
-    let _ = tokio::time::timeout_at(deadline, async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+/// What etcd said to a renewal.
+enum Renewal {
+    /// The lease was extended by a renewal sent at this moment (or later).
+    Renewed(Instant),
+    /// etcd no longer holds the lease.
+    Expired,
+}
+
+/// Renews the lease once, or gives up at `deadline`.
+///
+/// Each attempt opens a stream of its own, and while none has been answered another follows
+/// every tenth of the TTL, the third after a reconnect. Waiting on one request is not enough:
+/// a request can sit on a connection to a member that died, and a member forwards renewals to
+/// the leader one at a time, so one forwarded to a leader that just died holds the stream for
+/// seconds after a new leader was elected.
+async fn renew(store: &Store, lease: &Lease, deadline: Instant) -> Option<Renewal> {
+    let retry_after = lease.ttl / 10;
+    let mut attempts = FuturesUnordered::new();
+    let mut next_attempt = Instant::now();
+    let started = next_attempt;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => return None,
+            () = tokio::time::sleep_until(next_attempt) => {
+                let reconnect = attempts.len() == 2;
+                if reconnect {
+                    let waited_ms = started.elapsed().as_millis() as u64;
+                    warn!(lease.id = lease.id, waited_ms, "lease renewal unanswered, reconnecting");
+                }
+                attempts.push(attempt(store, lease.id, reconnect));
+                next_attempt = Instant::now() + retry_after;
+            }
+            Some((sent, result)) = attempts.next() => match result {
+                Ok(()) => {
+                    let answered_ms = sent.elapsed().as_millis() as u64;
+                    debug!(lease.id = lease.id, answered_ms, "lease renewed");
+                    return Some(Renewal::Renewed(sent));
+                }
+                Err(etcd_client::Error::LeaseKeepAliveError(message))
+                    if message == LEASE_NOT_FOUND => return Some(Renewal::Expired),
+                Err(error) => {
+                    debug!(lease.id = lease.id, error = %error, "lease renewal failed");
+                    // A refused request is no reason to wait the whole pause for the next.
+                    next_attempt = next_attempt.min(Instant::now() + Duration::from_millis(100));
+                }
+            },
+        }
+    }
+}
+
+/// How etcd-client reports a renewal that etcd answered with a TTL of zero.
+const LEASE_NOT_FOUND: &str = "lease not found";
+
+/// One renewal on a new stream; opening it sends the request and waits for etcd's answer.
+async fn attempt(
+    store: &Store,
+    id: i64,
+    reconnect: bool,
+) -> (Instant, Result<(), etcd_client::Error>) {
+    if reconnect {
         store.reconnect().await;
-    })
-    .await;
+    }
+    let sent = Instant::now();
+    let result = store.client().lease_keep_alive(id).await.map(|_| ());
+    (sent, result)
 }
 
 /// Renews the lease once, for a successor that picks it up after this process exits.
 pub async fn refresh(store: &Store, lease: &Lease) {
-    let renew = async {
-        let (mut keeper, mut stream) = store.client().lease_keep_alive(lease.id).await?;
-        keeper.keep_alive().await?;
-        stream.message().await.map(|_| ())
-    };
-    match tokio::time::timeout(Duration::from_secs(2), renew).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => warn!(lease.id = lease.id, error = %error, "lease renewal failed"),
+    match tokio::time::timeout(Duration::from_secs(2), attempt(store, lease.id, false)).await {
+        Ok((_, Ok(()))) => {}
+        Ok((_, Err(error))) => warn!(lease.id = lease.id, error = %error, "lease renewal failed"),
         Err(_) => warn!(lease.id = lease.id, "lease renewal timed out"),
     }
 }

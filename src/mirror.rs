@@ -210,10 +210,11 @@ pub async fn run(
 ) {
     let mut state = WatchState::Listing;
     let mut failures = 0u32;
+    let mut reconnects = store.reconnects();
     loop {
         state = tokio::select! {
             _ = shutdown.cancelled() => return,
-            next = step(&store, &mirror, &changed, state) => next,
+            next = step(&store, &mirror, &changed, &mut reconnects, state) => next,
         };
         // Consecutive failures back off 100 ms, 200 ms … up to 2 s; a working watch resets it.
         match &mut state {
@@ -227,6 +228,21 @@ pub async fn run(
     }
 }
 
+/// Opens the keyspace watch from revision `from` on the store's current client.
+async fn open_watch(store: &Store, reconnects: &mut watch::Receiver<u64>, from: i64) -> WatchState {
+    reconnects.borrow_and_update();
+    let options = WatchOptions::new().with_prefix().with_start_revision(from);
+    // One watch response may carry several unit files near their size limit.
+    let mut watcher = store.client().watch_client().max_decoding_message_size(64 << 20);
+    match watcher.watch(store.keys.root(), Some(options)).await {
+        Ok(stream) => WatchState::Watching(Box::new(stream)),
+        Err(error) => {
+            warn!(error = %error, "failed to open the keyspace watch");
+            WatchState::Backoff(Duration::ZERO)
+        }
+    }
+}
+
 /// The longest pause between attempts to list the keyspace again.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -234,6 +250,7 @@ async fn step(
     store: &Store,
     mirror: &SharedMirror,
     changed: &watch::Sender<i64>,
+    reconnects: &mut watch::Receiver<u64>,
     state: WatchState,
 ) -> WatchState {
     match state {
@@ -250,20 +267,20 @@ async fn step(
             debug!(etcd.revision = listing.revision, keys = listing.kvs.len(), "keyspace listed");
 
             // Watch from the revision after the listing, so no change falls in between.
-            let options =
-                WatchOptions::new().with_prefix().with_start_revision(listing.revision + 1);
-            // One watch response may carry several unit files near their size limit.
-            let mut watcher = store.client().watch_client().max_decoding_message_size(64 << 20);
-            match watcher.watch(store.keys.root(), Some(options)).await {
-                Ok(stream) => WatchState::Watching(Box::new(stream)),
-                Err(error) => {
-                    warn!(error = %error, "failed to open the keyspace watch");
-                    WatchState::Backoff(Duration::ZERO)
-                }
-            }
+            open_watch(store, reconnects, listing.revision + 1).await
         }
         WatchState::Watching(mut stream) => {
-            let response = match stream.message().await {
+            let message = tokio::select! {
+                message = stream.message() => message,
+                // Another task found a dead member and moved to a new client; this stream may
+                // be on the dead one, where nothing would ever arrive.
+                Ok(()) = reconnects.changed() => {
+                    let from = mirror.read().expect("mirror lock").revision + 1;
+                    debug!(etcd.revision = from, "moving the keyspace watch to the new connection");
+                    return open_watch(store, reconnects, from).await;
+                }
+            };
+            let response = match message {
                 Ok(Some(response)) => response,
                 Ok(None) => {
                     debug!("keyspace watch closed by etcd");

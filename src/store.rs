@@ -14,7 +14,9 @@ use etcd_client::{
     TxnResponse,
 };
 use futures_util::StreamExt;
-use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::keyspace::{
@@ -116,6 +118,8 @@ pub struct Store {
     /// The key layout in use.
     pub keys: Keyspace,
     endpoints: Vec<String>,
+    /// Counts the reconnects, so streams opened on an older client can move to the new one.
+    generation: Arc<watch::Sender<u64>>,
 }
 
 /// What a consistent read of the keyspace returned.
@@ -130,14 +134,17 @@ fn connect_options() -> ConnectOptions {
     ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))
-        // Pings find a connection to a dead member within 4 s, before the lease's fencing
-        // deadline; without them a renewal stream on it hangs and the host fences. etcd closes
-        // connections that ping this often (its --grpc-keepalive-min-time is 5 s), which costs
-        // a reconnect and a listing now and then; 10 s pings, tried, let a leader kill fence a
-        // host.
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        // etcd closes a connection that pings more often than its --grpc-keepalive-min-time
+        // (5 s), and every such close cost a reconnect and a listing. A dead member is found
+        // sooner than these pings would: the lease keeper reconnects when a renewal goes
+        // unanswered, and the keyspace watch follows it to the new connection.
+        .with_keep_alive(Duration::from_secs(6), Duration::from_secs(3))
         .with_keep_alive_while_idle(true)
 }
+
+/// How long [`open`] waits for the other members once one has answered: a dead member takes
+/// the whole probe timeout to give up, and a reconnect must be quick when a lease is at stake.
+const LAGGARD_GRACE: Duration = Duration::from_millis(250);
 
 /// Asks one member for its status, so a dead member is left out of the client.
 async fn probe(endpoint: &str) -> Result<(), String> {
@@ -157,15 +164,26 @@ async fn probe(endpoint: &str) -> Result<(), String> {
 /// The client balances requests over its endpoints and does not skip dead ones, so with one
 /// member down every other request would fail; only members that answered a probe are used.
 async fn open(endpoints: &[String]) -> anyhow::Result<Client> {
-    let results = join_all(endpoints.iter().map(|e| probe(e))).await;
+    let mut probes: FuturesUnordered<_> =
+        endpoints.iter().map(|e| async move { (e, probe(e).await) }).collect();
     let mut healthy = Vec::new();
     let mut last_error = String::new();
-    for (endpoint, result) in endpoints.iter().zip(results) {
+    let mut wait_until: Option<Instant> = None;
+    loop {
+        let next = match wait_until {
+            None => probes.next().await,
+            Some(at) => tokio::time::timeout_at(at, probes.next()).await.unwrap_or(None),
+        };
+        let Some((endpoint, result)) = next else { break };
         match result {
-            Ok(()) => healthy.push(endpoint.clone()),
+            Ok(()) => {
+                healthy.push(endpoint.clone());
+                wait_until.get_or_insert(Instant::now() + LAGGARD_GRACE);
+            }
             Err(error) => last_error = error,
         }
     }
+    debug!(healthy = ?healthy, "etcd members probed");
     if healthy.is_empty() {
         bail!("etcd is unreachable (tried {}): {last_error}", endpoints.join(", "));
     }
@@ -185,6 +203,7 @@ impl Store {
             client: Arc::new(RwLock::new(client)),
             keys: Keyspace::new(prefix),
             endpoints: endpoints.to_vec(),
+            generation: Arc::new(watch::Sender::new(0)),
         })
     }
 
@@ -192,9 +211,17 @@ impl Store {
     /// client, so callers simply retry later.
     pub async fn reconnect(&self) {
         match open(&self.endpoints).await {
-            Ok(client) => *self.client.write().expect("client lock") = client,
+            Ok(client) => {
+                *self.client.write().expect("client lock") = client;
+                self.generation.send_modify(|generation| *generation += 1);
+            }
             Err(error) => debug!(error = %format!("{error:#}"), "etcd reconnect failed"),
         }
+    }
+
+    /// Changes after every reconnect: a stream opened before it may sit on a dead member.
+    pub fn reconnects(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// A handle on the underlying client, for watches and leases.
