@@ -822,6 +822,8 @@ impl Agent {
         for (name, result) in results {
             if let Err(error) = result {
                 self.fail(name, &error);
+                let local = self.local.entry(name.clone()).or_default();
+                reconcile::start_failed(local, Instant::now());
             }
             self.dirty.insert(name.clone());
         }

@@ -79,8 +79,33 @@ pub fn backoff(retries: u32) -> Duration {
     Duration::from_secs(1u64 << retries.min(5)).min(MAX_BACKOFF)
 }
 
+/// Records that the call to start a unit failed (systemd or Docker did not take it), so the
+/// start is tried again after a backoff; a unit that started and then failed is handled by its
+/// restart policy instead.
+pub fn start_failed(local: &mut Local, now: Instant) {
+    local.started = false;
+    local.retry_at = Some(now + backoff(local.retries));
+    local.retries += 1;
+}
+
 /// Decides what to do with one unit; `local` is updated with the bookkeeping the decision implies.
 pub fn decide(
+    want: Option<&Want>,
+    installed: Option<&str>,
+    observed: Option<&Observed>,
+    local: &mut Local,
+    now: Instant,
+) -> Vec<Action> {
+    let actions = decide_now(want, installed, observed, local, now);
+    // A retry time is a wake-up call: one left in the past would wake the agent at once, pass
+    // after pass, for a unit with nothing to do.
+    if local.retry_at.is_some_and(|due| due <= now) {
+        local.retry_at = None;
+    }
+    actions
+}
+
+fn decide_now(
     want: Option<&Want>,
     installed: Option<&str>,
     observed: Option<&Observed>,
@@ -118,9 +143,11 @@ pub fn decide(
         return actions;
     }
 
+    // A start that was refused, or a claim not yet confirmed, is tried again when it is due.
+    let start_due = local.retry_at.is_none_or(|due| now >= due);
     let Some(observed) = observed else {
         // systemd could not tell us anything; a start will either work or say why.
-        if launch && !local.started {
+        if launch && !local.started && start_due {
             local.started = true;
             return vec![Action::Start];
         }
@@ -152,8 +179,11 @@ pub fn decide(
     }
     // A unit never started (since its file changed or it was stopped) is started now.
     if !local.started {
-        local.started = true;
-        return vec![Action::Start];
+        if start_due {
+            local.started = true;
+            return vec![Action::Start];
+        }
+        return Vec::new();
     }
     // It ran and stopped by itself: the restart policy says whether it runs again.
     let failed = observed.active == "failed";
@@ -289,6 +319,40 @@ mod tests {
 
         assert!(decide(Some(&w), Some("h1"), Some(&failed), &mut local, due).is_empty());
         assert_eq!(local.retry_at, Some(due + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_start_that_was_refused_is_tried_again_after_a_backoff() {
+        let mut local = Local::default();
+        let w = want(DesiredState::Launched);
+        let inactive = observed("inactive");
+        let t0 = Instant::now();
+        assert_eq!(decide(Some(&w), None, None, &mut local, t0), [Action::Install, Action::Start]);
+        start_failed(&mut local, t0);
+
+        let early = t0 + Duration::from_millis(500);
+        assert!(decide(Some(&w), Some("h1"), Some(&inactive), &mut local, early).is_empty());
+        assert_eq!(local.retry_at, Some(t0 + Duration::from_secs(1)));
+        let due = t0 + Duration::from_secs(1);
+        assert_eq!(decide(Some(&w), Some("h1"), Some(&inactive), &mut local, due), [Action::Start]);
+
+        start_failed(&mut local, due);
+        assert_eq!(local.retry_at, Some(due + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_unit_systemd_cannot_load_leaves_no_wake_up_behind() {
+        let mut local = Local::default();
+        let w = want(DesiredState::Launched);
+        let t0 = Instant::now();
+        decide(Some(&w), None, None, &mut local, t0);
+        start_failed(&mut local, t0);
+        let broken = Observed { load: "bad-setting".into(), ..observed("inactive") };
+
+        let later = t0 + Duration::from_secs(5);
+        assert!(decide(Some(&w), Some("h1"), Some(&broken), &mut local, later).is_empty());
+        assert_eq!(local.retry_at, None);
+        assert!(local.error.as_deref().unwrap_or("").contains("bad-setting"));
     }
 
     #[test]
