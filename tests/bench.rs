@@ -23,7 +23,10 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::{HOSTS, Scenario, scenario};
-use etcd_client::{Client, ConnectOptions, DeleteOptions, EventType, GetOptions, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
+    Txn, TxnOp, WatchOptions,
+};
 
 /// The keyspace prefix the cluster runs with.
 const PREFIX: &str = "/flotilla/";
@@ -311,6 +314,63 @@ impl Etcd {
         self.rt.block_on(client.delete(BASELINE_PREFIX, Some(options))).expect("clean up");
         let seconds = per_second.lock().unwrap().values().copied().collect();
         (total as f64 / elapsed.as_secs_f64(), seconds)
+    }
+}
+
+impl Etcd {
+    /// Claims per second etcd commits when they come as the engine writes them: transactions
+    /// of `per_txn` fresh keys bound to a lease, each key guarded by a create-only compare and
+    /// the whole by one compare on the lease of a machine key, `in_flight` transactions at a
+    /// time. No agent watches these keys, so nothing else is written meanwhile: this is the
+    /// most an engine could reach on this etcd, with the cluster otherwise idle.
+    fn claim_ceiling(&self, per_txn: usize, in_flight: usize, duration: Duration) -> f64 {
+        let mut client = self.client.clone();
+        let (claims, elapsed) = self.rt.block_on(async {
+            let lease = client.lease_grant(60, None).await.expect("grant a lease").id();
+            let machine = format!("{BASELINE_PREFIX}machine");
+            let bound = Some(PutOptions::new().with_lease(lease));
+            client.put(machine.as_str(), "m", bound.clone()).await.expect("put the machine key");
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..in_flight)
+                .map(|task| {
+                    let (mut client, machine, bound) =
+                        (client.clone(), machine.clone(), bound.clone());
+                    tokio::spawn(async move {
+                        let record = format!("{{\"version\":1,\"machine\":\"{:032x}\"}}", task);
+                        let mut done = 0usize;
+                        while start.elapsed() < duration {
+                            let keys: Vec<String> = (0..per_txn)
+                                .map(|i| format!("{BASELINE_PREFIX}claims/{task}-{done}-{i}"))
+                                .collect();
+                            let mut guards =
+                                vec![Compare::lease(machine.as_str(), CompareOp::Equal, lease)];
+                            guards.extend(keys.iter().map(|k| {
+                                Compare::create_revision(k.as_str(), CompareOp::Equal, 0)
+                            }));
+                            let puts: Vec<TxnOp> = keys
+                                .iter()
+                                .map(|k| TxnOp::put(k.as_str(), record.as_str(), bound.clone()))
+                                .collect();
+                            let txn = Txn::new().when(guards).and_then(puts);
+                            let response = client.txn(txn).await.expect("a claim transaction");
+                            assert!(response.succeeded(), "a fresh claim's guard failed");
+                            done += per_txn;
+                        }
+                        done
+                    })
+                })
+                .collect();
+            let mut claims = 0;
+            for task in tasks {
+                claims += task.await.expect("a ceiling task");
+            }
+            let elapsed = start.elapsed();
+            client.lease_revoke(lease).await.expect("revoke the lease");
+            (claims, elapsed)
+        });
+        let options = DeleteOptions::new().with_prefix();
+        self.rt.block_on(client.delete(BASELINE_PREFIX, Some(options))).expect("clean up");
+        claims as f64 / elapsed.as_secs_f64()
     }
 }
 
@@ -853,6 +913,10 @@ fn placement() {
     };
     let figure = format!("{baseline:.0} puts/s ({seconds} s; {endpoints})");
     summary.figure(&format!("30-{n:06}"), &what, &figure, "-", None);
+    let ceiling = etcd.claim_ceiling(116, 16, Duration::from_secs(seconds));
+    let what = "ceiling: engine-style claim txns etcd commits/s (116 a txn, 16 in flight, idle)";
+    let figure = format!("{ceiling:.0} claims/s = {:.2}x baseline", ceiling / baseline);
+    summary.figure(&format!("31-{n:06}"), what, &figure, "-", None);
 
     // Unbatched: one unit, one `flotctl start`, counted until the write traffic settles.
     let one = unit_files(&s, "bench-p1", 1, ONESHOT);
