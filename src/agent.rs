@@ -751,6 +751,13 @@ impl Agent {
                 Action::Stop | Action::Start => None,
             })
         });
+        let changes: Vec<(&UnitName, Option<&Want>)> = changes.collect();
+        let unlinks: Vec<&UnitName> = changes
+            .iter()
+            .filter(|(name, want)| want.is_none() && !is_container(name))
+            .map(|(name, _)| *name)
+            .collect();
+        self.systemd.unlink(&unlinks).await;
         let this = &*self;
         let results: Vec<(&UnitName, Option<&Want>, anyhow::Result<()>)> = stream::iter(changes)
             .map(|(name, want)| async move {

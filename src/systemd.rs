@@ -374,11 +374,31 @@ impl Systemd {
         Ok(())
     }
 
-    /// Unlinks a unit and removes its file; the caller stops it first and reloads after.
-    pub async fn uninstall(&self, unit: &UnitName) -> anyhow::Result<()> {
-        if let Err(error) = self.manager.disable_unit_files(vec![unit.to_string()], true).await {
-            debug!(unit.name = %unit, error = %error, "disable failed");
+    /// Removes the links systemd keeps to `units`, in one call: each `DisableUnitFiles` walks
+    /// every link in systemd's unit directories, so one call per unit cost a host with
+    /// thousands of units a walk of thousands of links for every unit it dropped.
+    ///
+    /// The caller then removes each file with [`Systemd::uninstall`].
+    pub async fn unlink(&self, units: &[&UnitName]) {
+        if units.is_empty() {
+            return;
         }
+        let names: Vec<String> = units.iter().map(|u| u.to_string()).collect();
+        if let Err(error) = self.manager.disable_unit_files(names, true).await {
+            // One name systemd refuses fails the call: try each alone.
+            debug!(units = units.len(), error = %error, "disable failed; disabling one by one");
+            for unit in units {
+                if let Err(error) =
+                    self.manager.disable_unit_files(vec![unit.to_string()], true).await
+                {
+                    debug!(unit.name = %unit, error = %error, "disable failed");
+                }
+            }
+        }
+    }
+
+    /// Removes a unit's file; the caller stops it and unlinks it first, and reloads after.
+    pub async fn uninstall(&self, unit: &UnitName) -> anyhow::Result<()> {
         match tokio::fs::remove_file(self.path_of(unit)).await {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
