@@ -702,3 +702,21 @@ fn a_keyspace_larger_than_one_grpc_message_is_still_listed_and_watched() {
     s.ok(&["start", &small[0]]);
     s.ok(&["destroy", "huge*", "after-huge.service"]);
 }
+
+#[test]
+fn an_unknown_listing_field_is_a_usage_error_before_etcd_is_asked() {
+    let s = scenario();
+    // Nothing listens on the discard port: an answer naming the field cannot come from etcd.
+    let nowhere = "http://127.0.0.1:9";
+    for (verb, fields, available) in [
+        ("list-units", "unit,bogus", "unit, machine, ip"),
+        ("list-unit-files", "unit,bogus", "unit, hash, dstate"),
+        ("list-machines", "machine,bogus", "machine, ip, metadata"),
+    ] {
+        let run = s.flotctl(&["--endpoints", nowhere, verb, "--fields", fields]);
+        assert_eq!(run.code, 2, "{verb}: {}{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains("unknown field \"bogus\""), "{verb}: {}", run.stderr);
+        assert!(run.stderr.contains(available), "{verb} lists no fields: {}", run.stderr);
+        assert!(!run.stderr.contains("unreachable"), "{verb} tried etcd first: {}", run.stderr);
+    }
+}

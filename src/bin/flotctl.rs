@@ -8,6 +8,9 @@ use flotilla::cli::{self, Cli};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(usage) = cli.check() {
+        usage.exit();
+    }
     match cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         // A reader that stopped reading (`flotctl list-units | head -1`) is not a failure.

@@ -26,7 +26,7 @@ fn print(
             for field in asked {
                 match all.iter().find(|f| **f == field.as_str()) {
                     Some(f) => fields.push(*f),
-                    None => bail!("unknown field {field:?} (available: {})", all.join(", ")),
+                    None => bail!(unknown_field(field, all)),
                 }
             }
             fields
@@ -64,6 +64,28 @@ fn print(
     Ok(())
 }
 
+/// The fields of each listing, in the order `--fields` documents them.
+pub const UNIT_FIELDS: [&str; 9] =
+    ["unit", "machine", "ip", "active", "sub", "load", "pid", "hash", "dstate"];
+/// The fields of list-unit-files.
+pub const UNIT_FILE_FIELDS: [&str; 9] =
+    ["unit", "hash", "dstate", "state", "target", "images", "desc", "global", "reason"];
+/// The fields of list-machines.
+pub const MACHINE_FIELDS: [&str; 6] = ["machine", "ip", "metadata", "hostname", "version", "units"];
+
+fn unknown_field(field: &str, all: &[&str]) -> String {
+    format!("unknown field {field:?} (available: {})", all.join(", "))
+}
+
+/// The first field of `args` that the listing does not have, as a message.
+pub fn check_fields(args: &ListArgs, all: &[&str]) -> Result<(), String> {
+    let asked = args.fields.iter().flatten();
+    match asked.into_iter().find(|f| !all.contains(&f.as_str())) {
+        Some(field) => Err(unknown_field(field, all)),
+        None => Ok(()),
+    }
+}
+
 /// `flotctl list-units`
 pub async fn list_units(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
     let args = &json_is_full(args);
@@ -94,8 +116,7 @@ pub async fn list_units(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
             ]));
         }
     }
-    let all = ["unit", "machine", "ip", "active", "sub", "load", "pid", "hash", "dstate"];
-    print(args, &all, &["unit", "machine", "active", "sub"], &rows)
+    print(args, &UNIT_FIELDS, &["unit", "machine", "active", "sub"], &rows)
 }
 
 /// JSON output never shortens ids and hashes.
@@ -160,7 +181,6 @@ pub async fn list_unit_files(store: &Store, args: &ListArgs) -> anyhow::Result<(
             ("reason", view.problems.get(name).cloned().unwrap_or_else(|| "-".into())),
         ]));
     }
-    let all = ["unit", "hash", "dstate", "state", "target", "images", "desc", "global", "reason"];
     let mut default = vec!["unit", "hash", "dstate", "state", "target"];
     // How many eligible hosts hold the image, once there is a container unit to count for.
     if rows.iter().any(|row| row["images"] != "-") {
@@ -170,7 +190,7 @@ pub async fn list_unit_files(store: &Store, args: &ListArgs) -> anyhow::Result<(
     if !view.problems.is_empty() {
         default.push("reason");
     }
-    print(args, &all, &default, &rows)
+    print(args, &UNIT_FILE_FIELDS, &default, &rows)
 }
 
 /// `flotctl list-machines`
@@ -197,6 +217,5 @@ pub async fn list_machines(store: &Store, args: &ListArgs) -> anyhow::Result<()>
             ])
         })
         .collect();
-    let all = ["machine", "ip", "metadata", "hostname", "version", "units"];
-    print(args, &all, &["machine", "ip", "metadata"], &rows)
+    print(args, &MACHINE_FIELDS, &["machine", "ip", "metadata"], &rows)
 }

@@ -54,6 +54,27 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Checks what clap cannot, before anything is sent: a usage error, which `main` reports
+    /// as clap's own (exit status 2).
+    ///
+    /// # Errors
+    ///
+    /// The first argument that is wrong, with what was expected instead.
+    pub fn check(&self) -> Result<(), clap::Error> {
+        let fields = match &self.command {
+            Command::ListUnits(args) => list::check_fields(args, &list::UNIT_FIELDS),
+            Command::ListUnitFiles(args) => list::check_fields(args, &list::UNIT_FILE_FIELDS),
+            Command::ListMachines(args) => list::check_fields(args, &list::MACHINE_FIELDS),
+            _ => Ok(()),
+        };
+        fields.map_err(|message| {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            command.error(clap::error::ErrorKind::InvalidValue, format!("--fields: {message}"))
+        })
+    }
+}
+
 /// The verbs.
 #[derive(Subcommand, Debug)]
 pub enum Command {
