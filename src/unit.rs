@@ -376,6 +376,18 @@ pub enum UnitError {
         /// The assignment, shortened if long.
         found: String,
     },
+    /// A section spelled `[X-Fleet]` in another case, whose options neither flotilla nor
+    /// systemd would read.
+    #[error(
+        "line {line}: section [{found}] is not [X-Fleet]: section names are case-sensitive, \
+         so its options would be ignored"
+    )]
+    MisspelledFleetSection {
+        /// Line of the header.
+        line: usize,
+        /// The section name as written.
+        found: String,
+    },
     /// An `[X-Fleet]` key that flotilla does not know.
     #[error("line {line}: unknown [X-Fleet] option {key:?}{hint}")]
     UnknownOption {
@@ -506,6 +518,8 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Section {
     name: String,
+    /// The line of the section's first header.
+    line: usize,
     entries: Vec<Entry>,
 }
 
@@ -697,7 +711,7 @@ fn parse_sections(text: &str) -> Result<Vec<Section>, UnitError> {
             let index = match index_of.get(name) {
                 Some(&index) => index,
                 None => {
-                    sections.push(Section { name: name.to_owned(), entries: Vec::new() });
+                    sections.push(Section { name: name.to_owned(), line, entries: Vec::new() });
                     index_of.insert(name.to_owned(), sections.len() - 1);
                     sections.len() - 1
                 }
@@ -787,6 +801,12 @@ impl FleetOptions {
     /// `%n` or `%N`) are left to the instances. The options returned for a template are for
     /// checking only and are not meant for placement.
     pub fn from_unit(name: &UnitName, file: &UnitFile) -> Result<FleetOptions, UnitError> {
+        if let Some(section) = file.sections.iter().find(|section| {
+            section.name != FLEET_SECTION && section.name.eq_ignore_ascii_case(FLEET_SECTION)
+        }) {
+            let found = section.name.clone();
+            return Err(UnitError::MisspelledFleetSection { line: section.line, found });
+        }
         let specifiers = Specifiers::for_unit(name);
         let mut collected = Collected::default();
         for entry in file.entries(FLEET_SECTION) {
@@ -1798,6 +1818,18 @@ mod tests {
             .map(|(key, values)| (key.as_str(), values[0].as_str()))
             .collect();
         assert_eq!(metadata, [("a", "web.service"), ("b", "web"), ("c", "web"), ("d", "x")]);
+    }
+
+    #[test]
+    fn an_x_fleet_section_in_another_case_is_refused_with_its_line() {
+        let name = UnitName::parse("web.service").unwrap();
+        for header in ["x-fleet", "X-FLEET", "x-Fleet"] {
+            let text = format!("[Unit]\nDescription=web\n\n[{header}]\nConflicts=web*\n");
+            let file = UnitFile::parse(&name, text.as_bytes()).unwrap();
+            let error = FleetOptions::from_unit(&name, &file).unwrap_err().to_string();
+            let expected = format!("line 4: section [{header}] is not [X-Fleet]");
+            assert!(error.starts_with(&expected), "{header}: {error}");
+        }
     }
 
     #[test]
