@@ -600,6 +600,33 @@ impl UnitFile {
         self.section(section).into_iter().flat_map(|section| section.entries.iter())
     }
 
+    /// The unit's `Description=` as systemd shows it: `%n %N %p %i %%` are resolved, and
+    /// specifiers only the host can resolve (`%H`, `%m` …) are left as written, as are those
+    /// of a template that depend on the instance.
+    pub fn description(&self) -> Option<String> {
+        let value = self.values("Unit", "Description").last()?.to_string();
+        let specifiers = Specifiers::for_unit(&self.name);
+        let mut text = String::with_capacity(value.len());
+        let mut characters = value.chars();
+        while let Some(character) = characters.next() {
+            if character != '%' {
+                text.push(character);
+                continue;
+            }
+            match characters.next() {
+                // A template's own file has no instance to put in.
+                Some(specifier) => match specifiers.expand(specifier) {
+                    Some((expansion, varies)) if !(varies && specifiers.template) => {
+                        text.push_str(expansion);
+                    }
+                    _ => text.extend(['%', specifier]),
+                },
+                None => text.push('%'),
+            }
+        }
+        Some(text)
+    }
+
     /// The effective values of a list-valued `key`: an empty assignment clears what came before.
     pub fn values(&self, section: &str, key: &str) -> Vec<&str> {
         let mut values = Vec::new();
@@ -983,6 +1010,20 @@ impl Specifiers {
         }
     }
 
+    /// What `%specifier` stands for, and whether it differs between a template's instances
+    /// (only %p and %% expand the same way for all of them); `None` for one flotilla does not
+    /// know.
+    fn expand(&self, specifier: char) -> Option<(&str, bool)> {
+        match specifier {
+            '%' => Some(("%", false)),
+            'p' => Some((self.prefix.as_str(), false)),
+            'n' => Some((self.full.as_str(), true)),
+            'N' => Some((self.without_suffix.as_str(), true)),
+            'i' => Some((self.instance.as_str(), true)),
+            _ => None,
+        }
+    }
+
     fn resolve(&self, entry: &Entry) -> Result<Resolved, UnitError> {
         let mut text = String::with_capacity(entry.value.len());
         let mut instance_dependent = false;
@@ -992,17 +1033,11 @@ impl Specifiers {
                 text.push(character);
                 continue;
             }
-            // Only %p and %% expand the same way for every instance of a template.
             let (expansion, varies) = match characters.next() {
-                Some('%') => ("%", false),
-                Some('p') => (self.prefix.as_str(), false),
-                Some('n') => (self.full.as_str(), true),
-                Some('N') => (self.without_suffix.as_str(), true),
-                Some('i') => (self.instance.as_str(), true),
-                Some(specifier) => {
+                Some(specifier) => self.expand(specifier).ok_or_else(|| {
                     let value = entry.value.clone();
-                    return Err(UnitError::UnknownSpecifier { line: entry.line, specifier, value });
-                }
+                    UnitError::UnknownSpecifier { line: entry.line, specifier, value }
+                })?,
                 None => {
                     let value = entry.value.clone();
                     return Err(UnitError::LoneSpecifier { line: entry.line, value });
@@ -1818,6 +1853,21 @@ mod tests {
             .map(|(key, values)| (key.as_str(), values[0].as_str()))
             .collect();
         assert_eq!(metadata, [("a", "web.service"), ("b", "web"), ("c", "web"), ("d", "x")]);
+    }
+
+    #[test]
+    fn a_description_resolves_the_specifiers_of_its_unit_name() {
+        let text = "[Unit]\nDescription=web %i of %p (%n, %N) on %H, 100%%\n";
+        let name = UnitName::parse("web@blue.service").unwrap();
+        let file = UnitFile::parse(&name, text.as_bytes()).unwrap();
+        let expected = "web blue of web (web@blue.service, web@blue) on %H, 100%";
+        assert_eq!(file.description().as_deref(), Some(expected));
+        let template = UnitName::parse("web@.service").unwrap();
+        let file = UnitFile::parse(&template, text.as_bytes()).unwrap();
+        let expected = "web %i of web (%n, %N) on %H, 100%";
+        assert_eq!(file.description().as_deref(), Some(expected));
+        let bare = UnitFile::parse(&name, b"[Service]\nExecStart=/bin/true\n").unwrap();
+        assert_eq!(bare.description(), None);
     }
 
     #[test]

@@ -160,7 +160,7 @@ pub async fn list_unit_files(store: &Store, args: &ListArgs) -> anyhow::Result<(
         let file = UnitFile::parse(name, unit.text.as_bytes()).ok();
         let description = file
             .as_ref()
-            .and_then(|f| f.values("Unit", "Description").last().map(|d| printable(d)))
+            .and_then(|f| f.description().map(|d| printable(&d)))
             .unwrap_or_else(|| "-".into());
         let global = file
             .as_ref()

@@ -57,7 +57,7 @@ pub async fn status(store: &Store, args: &NamesArgs) -> anyhow::Result<()> {
             .units
             .get(name)
             .and_then(|u| UnitFile::parse(name, u.text.as_bytes()).ok())
-            .and_then(|f| f.values("Unit", "Description").last().map(|d| printable(d)));
+            .and_then(|f| f.description().map(|d| printable(&d)));
         match description {
             Some(d) => outln!("● {name} - {d}"),
             None => outln!("● {name}"),
