@@ -22,6 +22,7 @@ use tracing::{debug, error, info, warn};
 use crate::container::{ContainerSpec, RestartPolicy};
 use crate::docker::DockerEngine;
 use crate::engine::{self, EngineConfig};
+use crate::journal;
 use crate::keyspace::{self, Keyspace, MachineRecord, RECORD_VERSION, StateRecord, Transition};
 use crate::lease::{self, Lease};
 use crate::mirror::{self, Mirror, SharedMirror};
@@ -195,6 +196,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             None
         }
     };
+    tokio::spawn(journal::serve(store.clone(), machine_id.clone(), docker.clone(), tasks.clone()));
     let mut agent =
         Agent::new(store.clone(), systemd, docker, machine_id.clone(), lease.id, &config).await?;
     // Converge once from the warm cache before waiting: claims made before the listing would

@@ -16,7 +16,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -116,6 +117,21 @@ impl DockerEngine {
         }
         info!(image = %image, "image pulled");
         Ok(())
+    }
+
+    /// The last `lines` lines the unit's container wrote, stdout and stderr interleaved.
+    pub async fn logs(&self, unit: &UnitName, lines: u32) -> anyhow::Result<String> {
+        let name = container_name(unit);
+        let options =
+            LogsOptionsBuilder::new().stdout(true).stderr(true).tail(&lines.to_string()).build();
+        let mut stream = self.docker.logs(&name, Some(options));
+        let mut text = String::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(engine_error).with_context(|| format!("no logs of {unit}"))?;
+            text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        Ok(text)
     }
 
     /// Makes the image present as the unit's pull policy says.

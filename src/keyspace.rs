@@ -186,6 +186,32 @@ pub struct ProblemRecord {
     pub reason: String,
 }
 
+/// A request from flotctl for the last lines of a unit's journal on one host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalRequest {
+    /// Always [`RECORD_VERSION`].
+    pub version: u32,
+    /// The unit whose journal is asked for.
+    pub unit: String,
+    /// How many of the last lines.
+    pub lines: u32,
+}
+
+/// A host's answer to a [`JournalRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalOutput {
+    /// Always [`RECORD_VERSION`].
+    pub version: u32,
+    /// The host that answered.
+    pub machine: String,
+    /// The lines, as journalctl (or Docker, for a container unit) printed them.
+    pub text: String,
+    /// Why the journal could not be read, if it could not.
+    pub error: Option<String>,
+}
+
 /// Records that carry a version field.
 pub trait Record: Serialize + DeserializeOwned {
     /// The record's version field.
@@ -210,7 +236,9 @@ impl_record!(
     StateRecord,
     ImageRecord,
     EngineRecord,
-    ProblemRecord
+    ProblemRecord,
+    JournalRequest,
+    JournalOutput
 );
 
 /// A value in the keyspace that cannot be used.
@@ -323,6 +351,21 @@ impl Keyspace {
     /// `problems/<unit>`
     pub fn problem(&self, unit: &UnitName) -> String {
         format!("{}/problems/{unit}", self.prefix)
+    }
+
+    /// `journal/requests/<id>/`: the journal requests for one host.
+    pub fn journal_requests(&self, machine: &str) -> String {
+        format!("{}/journal/requests/{machine}/", self.prefix)
+    }
+
+    /// `journal/requests/<machine-id>/<request>`
+    pub fn journal_request(&self, machine: &str, request: &str) -> String {
+        format!("{}/journal/requests/{machine}/{request}", self.prefix)
+    }
+
+    /// `journal/output/<request>`
+    pub fn journal_output(&self, request: &str) -> String {
+        format!("{}/journal/output/{request}", self.prefix)
     }
 
     /// Parses a full key; `None` for keys that are not ours or are malformed.

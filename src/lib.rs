@@ -21,6 +21,7 @@ pub mod cli;
 pub mod container;
 pub mod docker;
 pub mod engine;
+pub mod journal;
 pub mod keyspace;
 pub mod lease;
 pub mod mirror;

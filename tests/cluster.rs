@@ -720,3 +720,38 @@ fn an_unknown_listing_field_is_a_usage_error_before_etcd_is_asked() {
         assert!(!run.stderr.contains("unreachable"), "{verb} tried etcd first: {}", run.stderr);
     }
 }
+
+#[test]
+fn journal_prints_a_units_last_lines_from_its_host_and_leaves_nothing_behind() {
+    let s = scenario();
+    let unit = "[Service]\nExecStart=/bin/sh -c 'for i in 1 2 3 4 5; do echo journal-line-$i; \
+        done; exec sleep infinity'\n";
+    let files = s.unit_files(&[("journal-test.service", unit)]);
+    s.ok(&["start", &files[0]]);
+    let host = s.active_on("journal-test.service")[0];
+    let journal = s.wait_for("the unit's lines in its journal", Duration::from_secs(10), || {
+        let run = s.flotctl(&["journal", "--lines", "3", "journal-test.service"]);
+        (run.code == 0 && run.stdout.contains("journal-line-5")).then_some(run.stdout)
+    });
+    // The last three lines: two of the echoes and systemd's or the shell's last word.
+    assert!(!journal.contains("journal-line-1"), "more than 3 lines: {journal}");
+    assert!(journal.lines().count() <= 3, "more than 3 lines: {journal}");
+    let local = s.host(host, &["journalctl", "-u", "journal-test.service", "--no-pager"]);
+    assert!(local.contains("journal-line-5"), "the host's own journal differs: {local}");
+
+    let nowhere = s.flotctl(&["journal", "no-such.service"]);
+    assert_eq!(nowhere.code, 1, "{}", nowhere.stderr);
+    assert!(nowhere.stderr.contains("unit no-such.service does not exist"), "{}", nowhere.stderr);
+    s.ok(&["stop", "journal-test.service"]);
+    s.ok(&["unload", "journal-test.service"]);
+    let unplaced = s.flotctl(&["journal", "journal-test.service"]);
+    assert_eq!(unplaced.code, 1, "{}", unplaced.stderr);
+    assert!(unplaced.stderr.contains("is not placed on any host"), "{}", unplaced.stderr);
+    let bad = s.flotctl(&["journal", "--lines", "0", "journal-test.service"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+
+    // Requests and answers go with flotctl's lease.
+    let left = s.etcd_keys("/flotilla/journal/");
+    assert!(left.is_empty(), "journal keys left behind: {left:?}");
+    s.ok(&["destroy", "journal-test.service"]);
+}

@@ -14,6 +14,7 @@ macro_rules! outln {
 }
 
 mod cat;
+mod journal;
 mod lifecycle;
 mod list;
 mod status;
@@ -102,6 +103,8 @@ pub enum Command {
     Cat(NamesArgs),
     /// Show the reported state of units and their recent transitions.
     Status(NamesArgs),
+    /// Print the last lines of a unit's journal, read on the host that runs it.
+    Journal(JournalArgs),
     /// Check unit files offline, as submit would.
     Verify(VerifyArgs),
     /// Print flotctl's version.
@@ -145,6 +148,20 @@ pub struct NamesArgs {
     /// Print as JSON.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+/// Arguments of `journal`.
+#[derive(Args, Debug)]
+pub struct JournalArgs {
+    /// The unit.
+    pub unit: String,
+    /// How many of the last lines to print.
+    #[arg(short = 'n', long, default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::journal::MAX_LINES)))]
+    pub lines: u32,
+    /// How long to wait for the host to answer.
+    #[arg(long, default_value = "10s", value_parser = parse_seconds)]
+    pub timeout: Duration,
 }
 
 /// Arguments of `verify`.
@@ -206,6 +223,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ListMachines(args) => list::list_machines(&connect().await?, &args).await,
         Command::Cat(args) => cat::cat(&connect().await?, &args).await,
         Command::Status(args) => status::status(&connect().await?, &args).await,
+        Command::Journal(args) => journal::journal(&connect().await?, &args).await,
     }
 }
 

@@ -199,6 +199,18 @@ impl Scenario {
             .collect()
     }
 
+    /// The keys under `prefix`, read straight from etcd.
+    pub fn etcd_keys(&self, prefix: &str) -> Vec<String> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let endpoints: Vec<&str> = ENDPOINTS.split(',').collect();
+            let mut client = etcd_client::Client::connect(endpoints, None).await.unwrap();
+            let options = etcd_client::GetOptions::new().with_prefix().with_keys_only();
+            let response = client.get(prefix, Some(options)).await.unwrap();
+            response.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect()
+        })
+    }
+
     /// Polls `probe` every 100 ms until it returns a value or `timeout` passes.
     pub fn wait_for<T>(
         &self,
