@@ -328,6 +328,10 @@ impl Systemd {
             .with_context(|| format!("failed to list {}", self.unit_dir.display()))?;
         while let Some(entry) = dir.next_entry().await? {
             let file_name = entry.file_name();
+            // A write that was cut short leaves its temporary file, which is no unit.
+            if file_name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp")) {
+                continue;
+            }
             let Some(Ok(name)) = file_name.to_str().map(UnitName::parse) else {
                 warn!(path = %entry.path().display(), "ignoring a file that is not a unit");
                 continue;
@@ -349,7 +353,8 @@ impl Systemd {
     /// The caller reloads systemd once after a batch of installs.
     pub async fn install(&self, unit: &UnitName, text: &str) -> anyhow::Result<()> {
         let path = self.path_of(unit);
-        let tmp = path.with_extension("flotilla-tmp");
+        // A name of its own length: a unit name may take all 255 bytes a file name has.
+        let tmp = self.unit_dir.join(format!(".{}.tmp", &keyspace::hash_text(unit.as_str())[..16]));
         tokio::fs::write(&tmp, text)
             .await
             .with_context(|| format!("failed to write {}", tmp.display()))?;

@@ -755,3 +755,23 @@ fn journal_prints_a_units_last_lines_from_its_host_and_leaves_nothing_behind() {
     assert!(left.is_empty(), "journal keys left behind: {left:?}");
     s.ok(&["destroy", "journal-test.service"]);
 }
+
+#[test]
+fn a_unit_name_of_255_bytes_runs_and_destroy_refuses_a_path_to_nothing() {
+    let s = scenario();
+    let long = format!("{}.service", "a".repeat(247));
+    assert_eq!(long.len(), 255);
+    let files = s.unit_files(&[(long.as_str(), "[Service]\nExecStart=/bin/sleep infinity\n")]);
+    s.ok(&["start", &files[0]]);
+    assert_eq!(s.active_on(&long).len(), 1, "{long} is not active on one host");
+
+    // Only the last part of this path matches a unit; nothing is there, so nothing is destroyed.
+    let nowhere = format!("/nonexistent/{long}");
+    let run = s.flotctl(&["destroy", &nowhere]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("no such file"), "{}", run.stderr);
+    assert_eq!(s.active_on(&long).len(), 1, "a path to nothing destroyed {long}");
+
+    s.ok(&["destroy", &files[0]]);
+    assert!(s.active_on(&long).is_empty(), "{long} is still active");
+}

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 use super::wait::{Goal, wait};
 use super::{ChangeArgs, SubmitArgs, View, is_path, read_unit_file, resolve};
@@ -157,6 +157,20 @@ pub async fn unload(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The unit a file argument names. The file must exist (or, for an instance, its template beside
+/// it), as for the other verbs: a path that names nothing would otherwise pick a unit by its
+/// last part alone.
+fn local_unit_name(arg: &str) -> anyhow::Result<&str> {
+    let path = std::path::Path::new(arg);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or(arg);
+    let unit = UnitName::parse(name).with_context(|| format!("{arg}: bad unit name"))?;
+    let from_template = unit.template().is_some_and(|t| path.with_file_name(t.as_str()).exists());
+    if !path.exists() && !from_template {
+        bail!("{arg}: no such file (to destroy a unit by name, give the name alone)");
+    }
+    Ok(name)
+}
+
 /// `flotctl destroy`: unlike the other verbs, a file path only names the unit; it is not
 /// submitted first.
 pub async fn destroy(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
@@ -164,7 +178,7 @@ pub async fn destroy(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
     let mut patterns = Vec::new();
     for arg in &args.units {
         let name = match is_path(arg) {
-            true => std::path::Path::new(arg).file_name().and_then(|n| n.to_str()).unwrap_or(arg),
+            true => local_unit_name(arg)?,
             false => arg,
         };
         let plain = !name.contains(['*', '?', '[']);

@@ -29,9 +29,10 @@ pub fn root() -> PathBuf {
 }
 
 fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("FLOTILLA_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/release"));
+    // The binaries cargo built for this run: where CARGO_TARGET_DIR puts them, if it is set.
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(root().join("target"), PathBuf::from);
+    let dir =
+        std::env::var_os("FLOTILLA_BIN_DIR").map(PathBuf::from).unwrap_or(target.join("release"));
     dir.join(name)
 }
 
