@@ -775,3 +775,17 @@ fn a_unit_name_of_255_bytes_runs_and_destroy_refuses_a_path_to_nothing() {
     s.ok(&["destroy", &files[0]]);
     assert!(s.active_on(&long).is_empty(), "{long} is still active");
 }
+
+#[test]
+fn stopping_or_unloading_a_template_named_outright_is_refused() {
+    let s = scenario();
+    let files = s.unit_files(&[("tmpl@.service", "[Service]\nExecStart=/bin/sleep infinity\n")]);
+    s.ok(&["submit", &files[0]]);
+    for verb in ["stop", "unload"] {
+        let run = s.flotctl(&[verb, "tmpl@.service"]);
+        assert_eq!(run.code, 1, "{verb}: {}", run.stderr);
+        assert!(run.stderr.contains("tmpl@.service is a template"), "{verb}: {}", run.stderr);
+        assert!(run.stderr.contains("tmpl@1.service"), "{verb} gives no example: {}", run.stderr);
+    }
+    s.ok(&["destroy", "tmpl@.service"]);
+}

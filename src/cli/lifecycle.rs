@@ -122,7 +122,8 @@ pub async fn start(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
 /// `flotctl stop`: units that were never placed are left inactive, not loaded.
 pub async fn stop(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
     let names = prepare(store, &args.units, args.replace, None).await?.names;
-    let view = View::read(store).await?;
+    let names = without_templates(names, &args.units)?;
+    let view = View::read_dirs(store, &["desired"]).await?;
     let placed: Vec<UnitName> =
         names.iter().filter(|n| view.desired_state(n).is_placed()).cloned().collect();
     if !placed.is_empty() {
@@ -150,6 +151,7 @@ pub async fn restart(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
 /// `flotctl unload`
 pub async fn unload(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
     let names = prepare(store, &args.units, args.replace, None).await?.names;
+    let names = without_templates(names, &args.units)?;
     store.set_desired(&names, DesiredState::Inactive).await?;
     if !args.no_block {
         wait(store, &names, Goal::Gone, args.timeout).await?;

@@ -268,7 +268,7 @@ pub(crate) fn read_unit_file(arg: &str) -> anyhow::Result<LocalFile> {
     let metadata =
         std::fs::metadata(&source).with_context(|| format!("{}: cannot read", source.display()))?;
     if metadata.len() > MAX_FILE_SIZE {
-        bail!("{}: file is larger than 1 MiB", source.display());
+        bail!("{}: file is {} bytes, larger than 1 MiB", source.display(), metadata.len());
     }
     let bytes =
         std::fs::read(&source).with_context(|| format!("{}: cannot read", source.display()))?;
