@@ -719,6 +719,9 @@ fn an_unknown_listing_field_is_a_usage_error_before_etcd_is_asked() {
         assert!(run.stderr.contains(available), "{verb} lists no fields: {}", run.stderr);
         assert!(!run.stderr.contains("unreachable"), "{verb} tried etcd first: {}", run.stderr);
     }
+    let empty = s.flotctl(&["--endpoints", "", "list-units"]);
+    assert_eq!(empty.code, 2, "{}", empty.stderr);
+    assert!(empty.stderr.contains("an endpoint is empty"), "{}", empty.stderr);
 }
 
 #[test]
@@ -788,4 +791,30 @@ fn stopping_or_unloading_a_template_named_outright_is_refused() {
         assert!(run.stderr.contains("tmpl@1.service"), "{verb} gives no example: {}", run.stderr);
     }
     s.ok(&["destroy", "tmpl@.service"]);
+}
+
+#[test]
+fn every_bad_file_is_named_before_etcd_is_asked_and_none_is_stored() {
+    let s = scenario();
+    let files = s.unit_files(&[
+        ("bad-one.service", "junk\n"),
+        ("bad-two.service", "[Service]\nExecStart=/bin/true\n[X-Fleet]\nBogus=1\n"),
+        ("good-one.service", "[Service]\nExecStart=/bin/true\n"),
+    ]);
+    let nowhere = "http://127.0.0.1:9";
+    let mut args = vec!["--endpoints", nowhere, "submit"];
+    args.extend(files.iter().map(String::as_str));
+    let run = s.flotctl(&args);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("2 unit files are refused"), "{}", run.stderr);
+    assert!(run.stderr.contains("bad-one.service: line 1"), "{}", run.stderr);
+    assert!(run.stderr.contains("bad-two.service: line 4"), "{}", run.stderr);
+    assert!(!run.stderr.contains("unreachable"), "etcd was asked first: {}", run.stderr);
+
+    // Against the cluster: nothing of the three is stored.
+    let mut args = vec!["start"];
+    args.extend(files.iter().map(String::as_str));
+    assert_eq!(s.flotctl(&args).code, 1);
+    let stored = s.ok(&["list-unit-files", "--no-legend", "--fields", "unit"]);
+    assert!(!stored.contains("good-one.service"), "a file was stored: {stored}");
 }

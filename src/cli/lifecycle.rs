@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use anyhow::{Context, bail};
 
 use super::wait::{Goal, wait};
-use super::{ChangeArgs, SubmitArgs, View, is_path, read_unit_file, resolve};
+use super::{ChangeArgs, SubmitArgs, View, is_path, read_unit_files, resolve};
 use crate::keyspace::DesiredState;
 use crate::store::Store;
 use crate::unit::UnitName;
@@ -37,8 +37,7 @@ async fn prepare(
         args.iter().cloned().partition(|arg| is_path(arg));
     let mut to_submit = Vec::new();
     let mut templates = Vec::new();
-    for path in &paths {
-        let file = read_unit_file(path)?;
+    for file in read_unit_files(&paths)? {
         templates.extend(file.template);
         to_submit.push((file.name, file.text));
     }
@@ -89,8 +88,7 @@ fn without_templates(names: Vec<UnitName>, args: &[String]) -> anyhow::Result<Ve
 /// `flotctl submit`
 pub async fn submit(store: &Store, args: &SubmitArgs) -> anyhow::Result<()> {
     let mut units = Vec::new();
-    for path in &args.files {
-        let file = read_unit_file(path)?;
+    for file in read_unit_files(&args.files)? {
         units.extend(file.template);
         units.push((file.name, file.text));
     }

@@ -69,10 +69,19 @@ impl Cli {
             Command::ListMachines(args) => list::check_fields(args, &list::MACHINE_FIELDS),
             _ => Ok(()),
         };
-        fields.map_err(|message| {
+        let usage = |message: String| {
             let mut command = <Cli as clap::CommandFactory>::command();
-            command.error(clap::error::ErrorKind::InvalidValue, format!("--fields: {message}"))
-        })
+            command.error(clap::error::ErrorKind::InvalidValue, message)
+        };
+        let offline = matches!(self.command, Command::Version | Command::Verify(_));
+        if !offline && self.endpoints.iter().any(|e| e.trim().is_empty()) {
+            return Err(usage(
+                "--endpoints: an endpoint is empty (give URLs such as \
+                http://10.0.0.1:2379, comma-separated)"
+                    .to_string(),
+            ));
+        }
+        fields.map_err(|message| usage(format!("--fields: {message}")))
     }
 }
 
@@ -204,6 +213,21 @@ pub enum Output {
 ///
 /// Any failure, as one error whose chain reads as a single line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Bad files are the caller's to fix whatever state etcd is in: say so before connecting.
+    match &cli.command {
+        Command::Submit(args) => {
+            read_unit_files(&args.files)?;
+        }
+        Command::Load(args)
+        | Command::Start(args)
+        | Command::Stop(args)
+        | Command::Restart(args)
+        | Command::Unload(args) => {
+            let paths: Vec<String> = args.units.iter().filter(|a| is_path(a)).cloned().collect();
+            read_unit_files(&paths)?;
+        }
+        _ => {}
+    }
     let connect = || Store::connect(&cli.endpoints, &cli.prefix);
     match cli.command {
         Command::Version => {
@@ -249,6 +273,21 @@ const MAX_FILE_SIZE: u64 = 1 << 20;
 /// Whether a command-line argument names a file rather than a unit in the cluster.
 fn is_path(arg: &str) -> bool {
     arg.contains('/') || Path::new(arg).is_file()
+}
+
+/// Reads and checks every file of `paths`; refuses them all, naming each bad one, if any is bad.
+pub(crate) fn read_unit_files(paths: &[String]) -> anyhow::Result<Vec<LocalFile>> {
+    let (files, errors): (Vec<_>, Vec<_>) =
+        paths.iter().map(|p| read_unit_file(p)).partition(Result::is_ok);
+    let mut errors: Vec<anyhow::Error> = errors.into_iter().filter_map(Result::err).collect();
+    match errors.len() {
+        0 => Ok(files.into_iter().filter_map(Result::ok).collect()),
+        1 => Err(errors.remove(0)),
+        n => {
+            let each: Vec<String> = errors.iter().map(|e| format!("  {e:#}")).collect();
+            bail!("{n} unit files are refused, so none is stored:\n{}", each.join("\n"))
+        }
+    }
 }
 
 /// Reads and checks a unit file; an instance with no file of its own is made from the template
