@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use anyhow::{Context, bail};
 
 use super::wait::{Goal, wait};
-use super::{ChangeArgs, SubmitArgs, View, is_path, read_unit_files, resolve};
+use super::{ChangeArgs, LocalFile, View, is_path, resolve};
 use crate::keyspace::DesiredState;
 use crate::store::Store;
 use crate::unit::UnitName;
@@ -24,20 +24,20 @@ impl Prepared {
     }
 }
 
-/// Stores files named on the command line and resolves the rest. With `desired`, the files'
-/// units are stored with that state in the same transaction, which saves the cluster a write
-/// per unit; templates never get one.
+/// Stores `files`, the files named on the command line, and resolves the other arguments. With
+/// `desired`, the files' units are stored with that state in the same transaction, which saves
+/// the cluster a write per unit; templates never get one.
 async fn prepare(
     store: &Store,
     args: &[String],
+    files: Vec<LocalFile>,
     replace: bool,
     desired: Option<DesiredState>,
 ) -> anyhow::Result<Prepared> {
-    let (paths, names): (Vec<String>, Vec<String>) =
-        args.iter().cloned().partition(|arg| is_path(arg));
+    let names: Vec<String> = args.iter().filter(|arg| !is_path(arg)).cloned().collect();
     let mut to_submit = Vec::new();
     let mut templates = Vec::new();
-    for file in read_unit_files(&paths)? {
+    for file in files {
         templates.extend(file.template);
         to_submit.push((file.name, file.text));
     }
@@ -85,19 +85,20 @@ fn without_templates(names: Vec<UnitName>, args: &[String]) -> anyhow::Result<Ve
     Ok(names)
 }
 
-/// `flotctl submit`
-pub async fn submit(store: &Store, args: &SubmitArgs) -> anyhow::Result<()> {
+/// `flotctl submit` of `files`, read from its arguments.
+pub async fn submit(store: &Store, files: Vec<LocalFile>, replace: bool) -> anyhow::Result<()> {
     let mut units = Vec::new();
-    for file in read_unit_files(&args.files)? {
+    for file in files {
         units.extend(file.template);
         units.push((file.name, file.text));
     }
-    store.submit(&units, None, args.replace).await
+    store.submit(&units, None, replace).await
 }
 
 /// `flotctl load`
-pub async fn load(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
-    let prepared = prepare(store, &args.units, args.replace, Some(DesiredState::Loaded)).await?;
+pub async fn load(store: &Store, args: &ChangeArgs, files: Vec<LocalFile>) -> anyhow::Result<()> {
+    let prepared =
+        prepare(store, &args.units, files, args.replace, Some(DesiredState::Loaded)).await?;
     let names = without_templates(prepared.names.clone(), &args.units)?;
     store.set_desired(&prepared.without_state(), DesiredState::Loaded).await?;
     if !args.no_block {
@@ -107,8 +108,9 @@ pub async fn load(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
 }
 
 /// `flotctl start`
-pub async fn start(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
-    let prepared = prepare(store, &args.units, args.replace, Some(DesiredState::Launched)).await?;
+pub async fn start(store: &Store, args: &ChangeArgs, files: Vec<LocalFile>) -> anyhow::Result<()> {
+    let prepared =
+        prepare(store, &args.units, files, args.replace, Some(DesiredState::Launched)).await?;
     let names = without_templates(prepared.names.clone(), &args.units)?;
     store.set_desired(&prepared.without_state(), DesiredState::Launched).await?;
     if !args.no_block {
@@ -118,8 +120,8 @@ pub async fn start(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
 }
 
 /// `flotctl stop`: units that were never placed are left inactive, not loaded.
-pub async fn stop(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
-    let names = prepare(store, &args.units, args.replace, None).await?.names;
+pub async fn stop(store: &Store, args: &ChangeArgs, files: Vec<LocalFile>) -> anyhow::Result<()> {
+    let names = prepare(store, &args.units, files, args.replace, None).await?.names;
     let names = without_templates(names, &args.units)?;
     let view = View::read_dirs(store, &["desired"]).await?;
     let placed: Vec<UnitName> =
@@ -134,8 +136,12 @@ pub async fn stop(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
 }
 
 /// `flotctl restart`: the stop is always waited for, or the agent would never see it.
-pub async fn restart(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
-    let names = prepare(store, &args.units, args.replace, None).await?.names;
+pub async fn restart(
+    store: &Store,
+    args: &ChangeArgs,
+    files: Vec<LocalFile>,
+) -> anyhow::Result<()> {
+    let names = prepare(store, &args.units, files, args.replace, None).await?.names;
     let names = without_templates(names, &args.units)?;
     store.set_desired(&names, DesiredState::Loaded).await?;
     wait(store, &names, Goal::Stopped, args.timeout).await?;
@@ -147,8 +153,8 @@ pub async fn restart(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
 }
 
 /// `flotctl unload`
-pub async fn unload(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
-    let names = prepare(store, &args.units, args.replace, None).await?.names;
+pub async fn unload(store: &Store, args: &ChangeArgs, files: Vec<LocalFile>) -> anyhow::Result<()> {
+    let names = prepare(store, &args.units, files, args.replace, None).await?.names;
     let names = without_templates(names, &args.units)?;
     store.set_desired(&names, DesiredState::Inactive).await?;
     if !args.no_block {

@@ -213,21 +213,20 @@ pub enum Output {
 ///
 /// Any failure, as one error whose chain reads as a single line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    // Bad files are the caller's to fix whatever state etcd is in: say so before connecting.
-    match &cli.command {
-        Command::Submit(args) => {
-            read_unit_files(&args.files)?;
-        }
+    // Files named on the command line are read and checked before etcd is asked: a bad one is
+    // the caller's to fix whatever state etcd is in.
+    let files = match &cli.command {
+        Command::Submit(args) => read_unit_files(&args.files)?,
         Command::Load(args)
         | Command::Start(args)
         | Command::Stop(args)
         | Command::Restart(args)
         | Command::Unload(args) => {
             let paths: Vec<String> = args.units.iter().filter(|a| is_path(a)).cloned().collect();
-            read_unit_files(&paths)?;
+            read_unit_files(&paths)?
         }
-        _ => {}
-    }
+        _ => Vec::new(),
+    };
     let connect = || Store::connect(&cli.endpoints, &cli.prefix);
     match cli.command {
         Command::Version => {
@@ -235,12 +234,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Verify(args) => verify::verify(&args),
-        Command::Submit(args) => lifecycle::submit(&connect().await?, &args).await,
-        Command::Load(args) => lifecycle::load(&connect().await?, &args).await,
-        Command::Start(args) => lifecycle::start(&connect().await?, &args).await,
-        Command::Stop(args) => lifecycle::stop(&connect().await?, &args).await,
-        Command::Restart(args) => lifecycle::restart(&connect().await?, &args).await,
-        Command::Unload(args) => lifecycle::unload(&connect().await?, &args).await,
+        Command::Submit(args) => lifecycle::submit(&connect().await?, files, args.replace).await,
+        Command::Load(args) => lifecycle::load(&connect().await?, &args, files).await,
+        Command::Start(args) => lifecycle::start(&connect().await?, &args, files).await,
+        Command::Stop(args) => lifecycle::stop(&connect().await?, &args, files).await,
+        Command::Restart(args) => lifecycle::restart(&connect().await?, &args, files).await,
+        Command::Unload(args) => lifecycle::unload(&connect().await?, &args, files).await,
         Command::Destroy(args) => lifecycle::destroy(&connect().await?, &args).await,
         Command::ListUnits(args) => list::list_units(&connect().await?, &args).await,
         Command::ListUnitFiles(args) => list::list_unit_files(&connect().await?, &args).await,
