@@ -129,13 +129,15 @@ enum Renewal {
 async fn renew(store: &Store, lease: &Lease, deadline: Instant) -> Option<Renewal> {
     let retry_after = lease.ttl / 10;
     let mut attempts = FuturesUnordered::new();
+    let mut made = 0;
     let mut next_attempt = Instant::now();
     let started = next_attempt;
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => return None,
             () = tokio::time::sleep_until(next_attempt) => {
-                let reconnect = attempts.len() == 2;
+                let reconnect = made == 2;
+                made += 1;
                 if reconnect {
                     let waited_ms = started.elapsed().as_millis() as u64;
                     warn!(lease.id = lease.id, waited_ms, "lease renewal unanswered, reconnecting");
