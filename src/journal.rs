@@ -42,7 +42,7 @@ pub async fn serve(
     loop {
         let answered = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = watch_requests(&store, &machine, &prefix, docker.as_ref()) => result,
+            result = watch_requests(&store, &prefix, docker.as_ref()) => result,
         };
         if let Err(error) = answered {
             debug!(error = %format!("{error:#}"), "journal requests: watch broke");
@@ -57,7 +57,6 @@ pub async fn serve(
 /// Answers the requests already waiting, then each new one, until the watch breaks.
 async fn watch_requests(
     store: &Store,
-    machine: &str,
     prefix: &str,
     docker: Option<&DockerEngine>,
 ) -> anyhow::Result<()> {
@@ -67,7 +66,7 @@ async fn watch_requests(
     let waiting = client.get(prefix, Some(GetOptions::new().with_prefix())).await?;
     let revision = waiting.header().map_or(0, |h| h.revision());
     for kv in waiting.kvs() {
-        spawn_answer(store, machine, prefix, kv, docker);
+        spawn_answer(store, prefix, kv, docker);
     }
     let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
     let mut stream = client.watch(prefix, Some(options)).await?;
@@ -82,20 +81,14 @@ async fn watch_requests(
         };
         for event in response.events() {
             if let (EventType::Put, Some(kv)) = (event.event_type(), event.kv()) {
-                spawn_answer(store, machine, prefix, kv, docker);
+                spawn_answer(store, prefix, kv, docker);
             }
         }
     }
 }
 
-fn spawn_answer(
-    store: &Store,
-    machine: &str,
-    prefix: &str,
-    kv: &KeyValue,
-    docker: Option<&DockerEngine>,
-) {
-    let (store, machine, docker) = (store.clone(), machine.to_string(), docker.cloned());
+fn spawn_answer(store: &Store, prefix: &str, kv: &KeyValue, docker: Option<&DockerEngine>) {
+    let (store, docker) = (store.clone(), docker.cloned());
     let key = kv.key().to_vec();
     let id = String::from_utf8_lossy(kv.key()).strip_prefix(prefix).map(str::to_string);
     let (value, lease) = (kv.value().to_vec(), kv.lease());
@@ -108,7 +101,7 @@ fn spawn_answer(
             }
             let request: JournalRequest =
                 keyspace::decode(&value).map_err(|_| "an unreadable request")?;
-            let output = read(&machine, &request, docker.as_ref()).await;
+            let output = read(&request, docker.as_ref()).await;
             let options = PutOptions::new().with_lease(lease);
             let key = store.keys.journal_output(&id);
             // The asker may have given up already, its lease gone with it: nothing to do then.
@@ -127,11 +120,7 @@ fn spawn_answer(
 }
 
 /// Reads the journal a request asks for; a failure is the answer's error, not the agent's.
-async fn read(
-    machine: &str,
-    request: &JournalRequest,
-    docker: Option<&DockerEngine>,
-) -> JournalOutput {
+async fn read(request: &JournalRequest, docker: Option<&DockerEngine>) -> JournalOutput {
     let lines = request.lines.clamp(1, MAX_LINES);
     let result = match UnitName::parse(&request.unit) {
         Err(error) => Err(error.to_string()),
@@ -150,7 +139,7 @@ async fn read(
         Ok(text) => (keep_tail(text, MAX_OUTPUT_BYTES), None),
         Err(error) => (String::new(), Some(error)),
     };
-    JournalOutput { version: RECORD_VERSION, machine: machine.to_string(), text, error }
+    JournalOutput { version: RECORD_VERSION, text, error }
 }
 
 async fn journalctl(unit: &UnitName, lines: u32) -> Result<String, String> {

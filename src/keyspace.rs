@@ -204,8 +204,6 @@ pub struct JournalRequest {
 pub struct JournalOutput {
     /// Always [`RECORD_VERSION`].
     pub version: u32,
-    /// The host that answered.
-    pub machine: String,
     /// The lines, as journalctl (or Docker, for a container unit) printed them.
     pub text: String,
     /// Why the journal could not be read, if it could not.
@@ -353,7 +351,7 @@ impl Keyspace {
         format!("{}/problems/{unit}", self.prefix)
     }
 
-    /// `journal/requests/<id>/`: the journal requests for one host.
+    /// `journal/requests/<machine-id>/`: the journal requests for one host.
     pub fn journal_requests(&self, machine: &str) -> String {
         format!("{}/journal/requests/{machine}/", self.prefix)
     }
