@@ -569,9 +569,10 @@ fn describe_metadata(required: &[(&String, &Vec<String>)]) -> String {
     described.join(" and ")
 }
 
-fn short_id(machine_id: &str) -> String {
+/// A machine id cut to its first characters, as fleetctl shows them (`9f2a1b3c...`).
+pub fn short_id(machine_id: &str) -> String {
     match machine_id.char_indices().nth(SHORT_ID_CHARS) {
-        Some((cut, _)) => format!("{}…", &machine_id[..cut]),
+        Some((cut, _)) => format!("{}...", &machine_id[..cut]),
         None => machine_id.to_owned(),
     }
 }
@@ -580,7 +581,7 @@ fn list_elided(items: &[String]) -> String {
     let mut listed =
         items.iter().take(MAX_LISTED_CONFLICTS).cloned().collect::<Vec<_>>().join(", ");
     if items.len() > MAX_LISTED_CONFLICTS {
-        listed.push_str(", …");
+        listed.push_str(", ...");
     }
     listed
 }
@@ -1087,7 +1088,7 @@ mod tests {
                 claims: vec![("web@1.service", long_id)],
                 asked: "web@2.service",
                 reason: "every eligible machine runs a conflicting unit \
-                         (web@1.service on 9f2a1b3c…)",
+                         (web@1.service on 9f2a1b3c...)",
             },
             ReasonCase {
                 behaviour: "conflicts listed up to three",
@@ -1099,7 +1100,7 @@ mod tests {
                 claims: residents.into_iter().zip(["m1", "m2", "m3", "m4"]).collect(),
                 asked: "x.service",
                 reason: "every eligible machine runs a conflicting unit (a.service on m1, \
-                         b.service on m2, c.service on m3, …)",
+                         b.service on m2, c.service on m3, ...)",
             },
             ReasonCase {
                 behaviour: "template",

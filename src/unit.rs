@@ -678,7 +678,7 @@ fn is_blank(character: char) -> bool {
 /// Shortens `text` for quoting in an error message.
 fn excerpt(text: &str) -> String {
     match text.char_indices().nth(MAX_EXCERPT_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
+        Some((cut, _)) => format!("{}...", &text[..cut]),
         None => text.to_owned(),
     }
 }
@@ -1667,7 +1667,7 @@ mod tests {
             (
                 long_garbage.as_bytes(),
                 format!(
-                    "line 2: expected \"Key=Value\" or \"[Section]\", found \"{}…\"",
+                    "line 2: expected \"Key=Value\" or \"[Section]\", found \"{}...\"",
                     "g".repeat(MAX_EXCERPT_CHARS)
                 ),
             ),

@@ -409,7 +409,7 @@ pub(crate) fn printable(text: &str) -> String {
 
 /// `abcdef12...` for a machine id, or the whole id with `--full`.
 pub(crate) fn short_id(id: &str, full: bool) -> String {
-    if full || id.len() <= 8 { id.to_string() } else { format!("{}...", &id[..8]) }
+    if full { id.to_string() } else { crate::placement::short_id(id) }
 }
 
 #[cfg(test)]
