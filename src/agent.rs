@@ -983,18 +983,7 @@ impl Agent {
         };
         let local = self.local.get(name).cloned().unwrap_or_default();
         let previous = self.reported.get(name);
-        let mut transitions = previous.map(|r| r.transitions.clone()).unwrap_or_default();
-        let moved =
-            transitions.last().is_none_or(|t| t.active != observed.active || t.sub != observed.sub);
-        if moved {
-            transitions.push(Transition {
-                at_ms: systemd::now_ms(),
-                active: observed.active.clone(),
-                sub: observed.sub.clone(),
-            });
-            let excess = transitions.len().saturating_sub(TRANSITIONS_KEPT);
-            transitions.drain(..excess);
-        }
+        let transitions = transitions(previous, &want.hash, observed, systemd::now_ms());
         let record = StateRecord {
             version: RECORD_VERSION,
             machine: self.machine_id.clone(),
@@ -1010,6 +999,33 @@ impl Agent {
         };
         (previous != Some(&record)).then_some(ReportChange::Put(record))
     }
+}
+
+/// The transitions a state report keeps once `observed` is seen at `now_ms`: one more when the
+/// state moved since the `previous` report.
+fn transitions(
+    previous: Option<&StateRecord>,
+    hash: &str,
+    observed: &Observed,
+    now_ms: u64,
+) -> Vec<Transition> {
+    let mut transitions = previous.map(|r| r.transitions.clone()).unwrap_or_default();
+    // A restart seen only after it finished leaves the same state behind, but systemd moved the
+    // state's timestamp; and a replaced file is a new run in any case.
+    let restarted = previous
+        .is_some_and(|r| r.hash != hash || (r.since_ms != 0 && r.since_ms != observed.since_ms));
+    let moved = restarted
+        || transitions.last().is_none_or(|t| t.active != observed.active || t.sub != observed.sub);
+    if moved {
+        transitions.push(Transition {
+            at_ms: now_ms,
+            active: observed.active.clone(),
+            sub: observed.sub.clone(),
+        });
+        let excess = transitions.len().saturating_sub(TRANSITIONS_KEPT);
+        transitions.drain(..excess);
+    }
+    transitions
 }
 
 #[cfg(test)]
@@ -1053,6 +1069,68 @@ mod tests {
             assert!(batch.bytes <= MAX_VALUE_BYTES, "{} bytes", batch.bytes);
         }
         batches.iter().map(|b| b.ops.len()).collect()
+    }
+
+    fn observed(active: &str, sub: &str, since_ms: u64) -> Observed {
+        Observed {
+            load: "loaded".into(),
+            active: active.into(),
+            sub: sub.into(),
+            main_pid: 0,
+            since_ms,
+            detail: None,
+        }
+    }
+
+    /// The report an agent would write after seeing each of `seen` in turn, with its hash.
+    fn report_after(seen: &[(&str, Observed)]) -> StateRecord {
+        let mut report: Option<StateRecord> = None;
+        for (at, (hash, observed)) in (1000..).step_by(1000).zip(seen) {
+            let transitions = transitions(report.as_ref(), hash, observed, at);
+            report = Some(StateRecord {
+                hash: hash.to_string(),
+                since_ms: observed.since_ms,
+                active: observed.active.clone(),
+                sub: observed.sub.clone(),
+                transitions,
+                ..record(None)
+            });
+        }
+        report.expect("something seen")
+    }
+
+    fn moments(report: &StateRecord) -> Vec<(u64, String)> {
+        report.transitions.iter().map(|t| (t.at_ms, format!("{}/{}", t.active, t.sub))).collect()
+    }
+
+    #[test]
+    fn a_transition_is_kept_when_the_state_moves_and_only_then() {
+        let report = report_after(&[
+            ("h1", observed("activating", "start", 5)),
+            ("h1", observed("active", "exited", 7)),
+            ("h1", observed("active", "exited", 7)),
+        ]);
+        let want = [(1000, "activating/start".into()), (2000, "active/exited".into())];
+        assert_eq!(moments(&report), want);
+    }
+
+    #[test]
+    fn a_restart_seen_only_once_it_ended_is_a_transition() {
+        // Stopped and started between two looks: the same state, a later timestamp.
+        let restarted = report_after(&[
+            ("h1", observed("active", "exited", 7)),
+            ("h1", observed("active", "exited", 9)),
+        ]);
+        assert_eq!(moments(&restarted).len(), 2);
+        // A file replaced with --replace is a new run even if systemd's clock did not move.
+        let replaced = report_after(&[
+            ("h1", observed("active", "exited", 7)),
+            ("h2", observed("active", "exited", 7)),
+        ]);
+        assert_eq!(
+            moments(&replaced),
+            [(1000, "active/exited".into()), (2000, "active/exited".into())]
+        );
     }
 
     #[test]

@@ -577,6 +577,9 @@ fn replace_updates_a_running_unit_and_is_required_for_a_changed_file() {
     assert!(refused.stderr.contains("--replace"), "{}", refused.stderr);
     assert_eq!(s.ok(&["cat", "swap.service"]), SLEEPER);
 
+    let replaced_at =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64;
     s.ok(&["start", "--replace", &second[0]]);
     assert_eq!(s.ok(&["cat", "swap.service"]), changed);
     s.wait_for("the new file running", Duration::from_secs(20), || {
@@ -584,6 +587,14 @@ fn replace_updates_a_running_unit_and_is_required_for_a_changed_file() {
             s.host(host, &["systemctl", "show", "-p", "Description", "--value", "swap.service"]);
         (d == "replaced sleeper" && s.systemd_state(host, "swap.service").0 == "active")
             .then_some(())
+    });
+    // status tells of the new run, not only of the first.
+    s.wait_for("the new run in status", Duration::from_secs(10), || {
+        let json = s.ok(&["status", "swap.service", "-o", "json"]);
+        let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let transitions = status["swap.service"]["states"][0]["transitions"].as_array()?.clone();
+        let last = transitions.last()?;
+        (last["at_ms"].as_u64()? >= replaced_at && last["active"] == "active").then_some(())
     });
     s.ok(&["destroy", "swap.service"]);
 }
