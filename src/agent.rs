@@ -607,9 +607,10 @@ impl Agent {
         }
     }
 
-    async fn install_unit(&self, name: &UnitName, want: &Want) -> anyhow::Result<()> {
+    /// Installs a unit's file; returns whether systemd must reload for more than the file.
+    async fn install_unit(&self, name: &UnitName, want: &Want) -> anyhow::Result<bool> {
         match is_container(name) {
-            true => self.docker()?.install(name, &want.text, &want.hash).await,
+            true => self.docker()?.install(name, &want.text, &want.hash).await.map(|()| false),
             false => self.systemd.install(name, &want.text).await,
         }
     }
@@ -761,11 +762,11 @@ impl Agent {
             .collect();
         self.systemd.unlink(&unlinks).await;
         let this = &*self;
-        let results: Vec<(&UnitName, Option<&Want>, anyhow::Result<()>)> = stream::iter(changes)
+        let results: Vec<(&UnitName, Option<&Want>, anyhow::Result<bool>)> = stream::iter(changes)
             .map(|(name, want)| async move {
                 let result = match want {
                     Some(want) => this.install_unit(name, want).await,
-                    None => this.uninstall_unit(name).await,
+                    None => this.uninstall_unit(name).await.map(|()| true),
                 };
                 (name, want, result)
             })
@@ -776,9 +777,10 @@ impl Agent {
         let mut reload = false;
         for (name, want, result) in results {
             match (want, result) {
-                (Some(want), Ok(())) => {
-                    self.installed.insert(name.clone(), want.hash.clone());
-                    reload = true;
+                (Some(want), Ok(enabled)) => {
+                    // A new file needs no reload: systemd reads it when the unit is started.
+                    let replaced = self.installed.insert(name.clone(), want.hash.clone());
+                    reload |= enabled || (replaced.is_some() && !is_container(name));
                 }
                 (Some(_), Err(error)) => {
                     self.fail(name, &error);

@@ -59,6 +59,15 @@ pub struct Systemd {
     manager: ManagerProxy<'static>,
     unit_dir: PathBuf,
     jobs: Arc<Mutex<Jobs>>,
+    /// Whether systemd loads a unit file it has not seen without a reload (version 246 on).
+    loads_new_files: bool,
+}
+
+/// Whether a systemd reporting `version` ("252.39-1~deb12u2", "246") reads a new unit file on
+/// demand rather than only on reload.
+fn loads_new_files(version: &str) -> bool {
+    let major: String = version.trim().chars().take_while(char::is_ascii_digit).collect();
+    major.parse::<u32>().is_ok_and(|major| major >= 246)
 }
 
 const SYSTEMD: &str = "org.freedesktop.systemd1";
@@ -233,9 +242,12 @@ impl Systemd {
         tokio::fs::create_dir_all(unit_dir)
             .await
             .with_context(|| format!("failed to create {}", unit_dir.display()))?;
+        let version = manager.version().await.context("failed to read systemd's version")?;
+        let loads_new_files = loads_new_files(&version);
+        debug!(version, loads_new_files, "connected to systemd");
         let jobs = Arc::new(Mutex::new(Jobs::default()));
         tokio::spawn(follow_jobs(removed, jobs.clone()));
-        Ok(Systemd { conn, manager, unit_dir: unit_dir.to_path_buf(), jobs })
+        Ok(Systemd { conn, manager, unit_dir: unit_dir.to_path_buf(), jobs, loads_new_files })
     }
 
     /// Follows `job`, which systemd has just queued, until it ends.
@@ -350,8 +362,11 @@ impl Systemd {
     /// Writes a unit file and links it into systemd; a unit with `[Install]` is enabled for
     /// this boot only, so its `WantedBy=` and friends behave as systemd says.
     ///
-    /// The caller reloads systemd once after a batch of installs.
-    pub async fn install(&self, unit: &UnitName, text: &str) -> anyhow::Result<()> {
+    /// The caller reloads systemd once after a batch of installs that replaced a file systemd
+    /// may have read, or that returned true: the unit was enabled, or this systemd is older
+    /// than 246 and reads new files only on reload. Since 246 a unit not loaded yet, or found
+    /// missing before, is read from disk when it is first asked for.
+    pub async fn install(&self, unit: &UnitName, text: &str) -> anyhow::Result<bool> {
         let path = self.path_of(unit);
         // A name of its own length: a unit name may take all 255 bytes a file name has.
         let tmp = self.unit_dir.join(format!(".{}.tmp", &keyspace::hash_text(unit.as_str())[..16]));
@@ -376,7 +391,7 @@ impl Systemd {
                 .await
                 .with_context(|| format!("failed to link {unit}"))?;
         }
-        Ok(())
+        Ok(has_install || !self.loads_new_files)
     }
 
     /// Removes the links systemd keeps to `units`, in one call: each `DisableUnitFiles` walks
@@ -485,6 +500,15 @@ mod tests {
 
     fn job(id: u32) -> OwnedObjectPath {
         OwnedObjectPath::try_from(format!("/org/freedesktop/systemd1/job/{id}")).unwrap()
+    }
+
+    #[test]
+    fn new_files_are_read_without_a_reload_from_systemd_246() {
+        assert!(loads_new_files("252.39-1~deb12u2"));
+        assert!(loads_new_files("246"));
+        assert!(!loads_new_files("245.4-4ubuntu3"));
+        assert!(!loads_new_files("239 (239-78.el8)"));
+        assert!(!loads_new_files("unknown"));
     }
 
     #[test]
