@@ -111,6 +111,16 @@ pub fn describe(error: &etcd_client::Error) -> String {
     }
 }
 
+/// Which member answers a read.
+#[derive(Clone, Copy)]
+enum Read {
+    /// The member the request reaches, from what it has applied: no round trip to the leader,
+    /// but it may miss the latest writes.
+    Nearest,
+    /// Everything committed before the read, as the leader knows it.
+    Latest,
+}
+
 /// A client for the cluster's etcd, scoped to one keyspace.
 #[derive(Clone)]
 pub struct Store {
@@ -320,11 +330,32 @@ impl Store {
                 bail!("unit {name} is given twice with different files");
             }
         }
+        // The first look asks the nearest member, which may not have the latest writes yet;
+        // the compares catch that, and the second look asks the leader.
+        if self.try_submit(&unique, desired, replace, Read::Nearest).await? {
+            return Ok(());
+        }
+        if self.try_submit(&unique, desired, replace, Read::Latest).await? {
+            return Ok(());
+        }
+        bail!("unit files changed while submitting; try again")
+    }
+
+    /// One attempt of [`Store::submit`]: false when it must be tried again with the latest
+    /// data, because a compare failed (some files may be stored) or the nearest member's
+    /// data would refuse a file (none is).
+    async fn try_submit(
+        &self,
+        unique: &BTreeMap<&UnitName, &String>,
+        desired: Option<DesiredState>,
+        replace: bool,
+        read: Read,
+    ) -> anyhow::Result<bool> {
         let names: Vec<UnitName> = unique.keys().map(|n| (*n).clone()).collect();
-        let existing = self.existing_units(&names).await?;
+        let existing = self.existing_units(&names, read).await?;
 
         let mut batch = Batch::default();
-        for (name, text) in unique {
+        for (&name, &text) in unique {
             let hash = keyspace::hash_text(text);
             let unit_key = self.keys.unit(name);
             let record =
@@ -340,7 +371,16 @@ impl Store {
             let mut ops = Vec::new();
             let size = value.len();
             match existing.get(name) {
-                Some((record, _)) if record.hash == hash => {}
+                // Still the file we saw, or the desired state would outlive a racing destroy.
+                Some((record, mod_revision)) if record.hash == hash => {
+                    compares.push(Compare::mod_revision(
+                        unit_key.as_str(),
+                        CompareOp::Equal,
+                        *mod_revision,
+                    ));
+                }
+                // What the nearest member holds may have been destroyed since: ask the leader.
+                Some(_) if !replace && matches!(read, Read::Nearest) => return Ok(false),
                 Some(_) if !replace => {
                     bail!("unit {name} already exists with a different file (use --replace)");
                 }
@@ -368,10 +408,7 @@ impl Store {
             batch.add(compares, ops, size);
         }
         let responses = self.commit(batch.finish()).await.context("failed to store unit files")?;
-        if !responses.iter().all(TxnResponse::succeeded) {
-            bail!("unit files changed while submitting; try again");
-        }
-        Ok(())
+        Ok(responses.iter().all(TxnResponse::succeeded))
     }
 
     fn desired_op(&self, name: &UnitName, state: DesiredState) -> TxnOp {
@@ -383,13 +420,18 @@ impl Store {
     async fn existing_units(
         &self,
         names: &[UnitName],
+        read: Read,
     ) -> anyhow::Result<BTreeMap<UnitName, (UnitRecord, i64)>> {
         let mut found = BTreeMap::new();
+        let options = match read {
+            Read::Nearest => Some(GetOptions::new().with_serializable()),
+            Read::Latest => None,
+        };
         let reads = names
             .chunks(OPS_PER_TXN)
             .map(|chunk| {
                 let ops: Vec<TxnOp> =
-                    chunk.iter().map(|n| TxnOp::get(self.keys.unit(n), None)).collect();
+                    chunk.iter().map(|n| TxnOp::get(self.keys.unit(n), options.clone())).collect();
                 Txn::new().and_then(ops)
             })
             .collect();
