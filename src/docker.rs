@@ -19,7 +19,7 @@ use bollard::query_parameters::{
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
@@ -132,6 +132,26 @@ impl DockerEngine {
             text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
         }
         Ok(text)
+    }
+
+    /// The unit's container log from its last `lines` lines on, as it grows.
+    pub fn follow_logs(
+        &self,
+        unit: &UnitName,
+        lines: u32,
+    ) -> impl Stream<Item = Result<Vec<u8>, String>> + Send + use<> {
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .follow(true)
+            .tail(&lines.to_string())
+            .build();
+        let unit = unit.clone();
+        self.docker.logs(&container_name(&unit), Some(options)).map(move |chunk| {
+            chunk
+                .map(|chunk| chunk.into_bytes().to_vec())
+                .map_err(|e| format!("no logs of {unit}: {:#}", engine_error(e)))
+        })
     }
 
     /// Makes the image present as the unit's pull policy says.

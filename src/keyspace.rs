@@ -196,6 +196,10 @@ pub struct JournalRequest {
     pub unit: String,
     /// How many of the last lines.
     pub lines: u32,
+    /// Whether to go on sending lines as they come, in numbered parts, until the request is
+    /// gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow: bool,
 }
 
 /// A host's answer to a [`JournalRequest`].
@@ -364,6 +368,12 @@ impl Keyspace {
     /// `journal/output/<request>`
     pub fn journal_output(&self, request: &str) -> String {
         format!("{}/journal/output/{request}", self.prefix)
+    }
+
+    /// `journal/output/<request>/<part>`: one part of a followed journal, numbered from 0
+    /// with ten digits, so that the parts sort in order.
+    pub fn journal_part(&self, request: &str, part: u64) -> String {
+        format!("{}/journal/output/{request}/{part:010}", self.prefix)
     }
 
     /// Parses a full key; `None` for keys that are not ours or are malformed.

@@ -770,6 +770,51 @@ fn journal_prints_a_units_last_lines_from_its_host_and_leaves_nothing_behind() {
     s.ok(&["destroy", "journal-test.service"]);
 }
 
+/// How many `journalctl --follow` processes run on `host` for `unit`.
+fn journal_followers(s: &common::Scenario, host: &str, unit: &str) -> usize {
+    // The bracket keeps this script's own command line from matching.
+    let script = format!(
+        "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' | tr '\\n' ' ' | \
+         grep -o '[j]ournalctl[^/]*--follow[^/]*--unit={unit}' | wc -l"
+    );
+    s.host(host, &["sh", "-c", &script]).parse().unwrap()
+}
+
+#[test]
+fn journal_follow_prints_new_lines_until_stopped_and_the_host_stops_with_it() {
+    let s = scenario();
+    let unit = "[Service]\nExecStart=/bin/sh -c 'i=0; while true; do i=$((i+1)); \
+        echo follow-line-$i; sleep 0.2; done'\n";
+    let files = s.unit_files(&[("follow-test.service", unit)]);
+    s.ok(&["start", &files[0]]);
+    let host = s.active_on("follow-test.service")[0];
+
+    for signal in ["-INT", "-KILL"] {
+        let (mut child, lines) = s.follow_journal("follow-test.service");
+        // Lines written after the follow began keep coming, in order.
+        let numbers = s.numbered_lines(&lines, "follow-line-", 4);
+        assert!(numbers.windows(2).all(|w| w[1] > w[0]), "lines out of order: {numbers:?}");
+        assert_eq!(journal_followers(&s, host, "follow-test.service"), 1);
+
+        let pid = child.id().to_string();
+        assert!(
+            std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success()
+        );
+        let status = child.wait().unwrap();
+        if signal == "-INT" {
+            assert!(status.success(), "flotctl journal -f ended with {status} on SIGINT");
+        }
+        // Revoked at once on SIGINT; after SIGKILL the lease runs out.
+        s.wait_for("the host's journalctl gone", Duration::from_secs(20), || {
+            (journal_followers(&s, host, "follow-test.service") == 0).then_some(())
+        });
+        s.wait_for("the journal keys gone", Duration::from_secs(10), || {
+            s.etcd_keys("/flotilla/journal/").is_empty().then_some(())
+        });
+    }
+    s.ok(&["destroy", "follow-test.service"]);
+}
+
 #[test]
 fn a_unit_name_of_255_bytes_runs_and_destroy_refuses_a_path_to_nothing() {
     let s = scenario();

@@ -132,6 +132,28 @@ fn a_container_that_exits_non_zero_is_reported_failed_and_restarted_on_failure()
 }
 
 #[test]
+fn journal_reads_and_follows_a_containers_log() {
+    let s = scenario();
+    let unit = "[Container]\nImage=172.31.90.30:5000/flotilla/workload:latest\n\
+        Exec=/bin/sh -c 'i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done'\n";
+    let files = s.unit_files(&[("ticker.container", unit)]);
+    s.ok(&["start", &files[0]]);
+    let last = s.wait_for("two lines of the log", Duration::from_secs(10), || {
+        let run = s.ok(&["journal", "-n", "2", "ticker.container"]);
+        (run.lines().count() == 2 && run.contains("tick-")).then_some(run)
+    });
+    let (mut child, lines) = s.follow_journal("ticker.container");
+    let numbers = s.numbered_lines(&lines, "tick-", 4);
+    assert!(numbers.windows(2).all(|w| w[1] > w[0]), "lines out of order: {numbers:?}");
+    let before: u64 = last.lines().last().unwrap().rsplit("tick-").next().unwrap().parse().unwrap();
+    assert!(numbers[3] > before, "no line newer than the log read first: {numbers:?}");
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+    s.ok(&["destroy", "ticker.container"]);
+}
+
+#[test]
 fn restarting_flotd_adopts_its_containers() {
     let s = scenario();
     let files = s.unit_files(&[("adopt.container", SLEEPER)]);

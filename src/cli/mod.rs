@@ -168,6 +168,9 @@ pub struct JournalArgs {
     #[arg(short = 'n', long, default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::journal::MAX_LINES)))]
     pub lines: u32,
+    /// Go on printing lines as they are written, until interrupted (Ctrl-C).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
     /// How long to wait for the host to answer.
     #[arg(long, default_value = "10s", value_parser = parse_seconds)]
     pub timeout: Duration,

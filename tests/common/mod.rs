@@ -101,6 +101,51 @@ pub struct Run {
 
 impl Scenario {
     /// Runs flotctl with the test cluster's endpoints.
+    /// flotctl with `args`, set up as [`Scenario::flotctl`] runs it, to be spawned.
+    pub fn flotctl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(bin("flotctl"));
+        command.args(args).env("FLOTCTL_ENDPOINTS", ENDPOINTS).current_dir(root());
+        command
+    }
+
+    /// Starts `flotctl journal -f --lines 1 unit`; its lines arrive on the receiver.
+    pub fn follow_journal(
+        &self,
+        unit: &str,
+    ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+        let mut child = self
+            .flotctl_command(&["journal", "-f", "--lines", "1", unit])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn flotctl journal -f");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        (child, rx)
+    }
+
+    /// The numbers of the next `count` lines from `lines` that end in `<marker><number>`.
+    pub fn numbered_lines(
+        &self,
+        lines: &std::sync::mpsc::Receiver<String>,
+        marker: &str,
+        count: usize,
+    ) -> Vec<u64> {
+        let mut numbers = Vec::new();
+        while numbers.len() < count {
+            let line = lines.recv_timeout(Duration::from_secs(10)).expect("a followed line");
+            if let Some(n) = line.rsplit(marker).next().and_then(|n| n.trim().parse().ok()) {
+                numbers.push(n);
+            }
+        }
+        numbers
+    }
+
     pub fn flotctl(&self, args: &[&str]) -> Run {
         let out = Command::new(bin("flotctl"))
             .args(args)
