@@ -245,13 +245,26 @@ impl Store {
         self.list_many(&[prefix]).await
     }
 
-    /// Reads every key under each prefix, all at the revision the first read observed.
+    /// Reads every key under each prefix, all at one revision.
     pub async fn list_many(&self, prefixes: &[&str]) -> anyhow::Result<Listing> {
         let mut listing = Listing { revision: 0, kvs: Vec::new() };
-        for prefix in prefixes {
-            self.list_into(prefix, &mut listing)
-                .await
-                .with_context(|| format!("failed to read {prefix}"))?;
+        if prefixes.len() > 1 {
+            // One revision for all, so that the prefixes can be read side by side: one after
+            // another, 10,000 units' four directories took seven round trips in a row.
+            let options = GetOptions::new().with_count_only();
+            let response = self.client().get(prefixes[0], Some(options)).await;
+            let response = response.context("failed to read the current revision")?;
+            listing.revision = response.header().map_or(0, |h| h.revision());
+        }
+        let reads = prefixes.iter().map(|prefix| async move {
+            let mut part = Listing { revision: listing.revision, kvs: Vec::new() };
+            let read = self.list_into(prefix, &mut part).await;
+            read.with_context(|| format!("failed to read {prefix}")).map(|()| part)
+        });
+        for part in futures_util::future::join_all(reads).await {
+            let part = part?;
+            listing.revision = part.revision;
+            listing.kvs.extend(part.kvs);
         }
         Ok(listing)
     }
