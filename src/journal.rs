@@ -196,7 +196,8 @@ async fn follow(
     request_key: &[u8],
     docker: Option<&DockerEngine>,
 ) {
-    let lines = request.lines.clamp(1, MAX_LINES);
+    // 0 lines: only those written from now on, as with `journalctl --follow --lines=0`.
+    let lines = request.lines.min(MAX_LINES);
     let (mut source, mut error) = match follow_source(&request.unit, lines, docker) {
         Ok(source) => (Some(source), None),
         Err(error) => (None, Some(error)),

@@ -790,7 +790,7 @@ fn journal_follow_prints_new_lines_until_stopped_and_the_host_stops_with_it() {
     let host = s.active_on("follow-test.service")[0];
 
     for signal in ["-INT", "-KILL"] {
-        let (mut child, lines) = s.follow_journal("follow-test.service");
+        let (mut child, lines) = s.follow_journal("follow-test.service", "1");
         // Lines written after the follow began keep coming, in order.
         let numbers = s.numbered_lines(&lines, "follow-line-", 4);
         assert!(numbers.windows(2).all(|w| w[1] > w[0]), "lines out of order: {numbers:?}");
@@ -812,6 +812,19 @@ fn journal_follow_prints_new_lines_until_stopped_and_the_host_stops_with_it() {
             s.etcd_keys("/flotilla/journal/").is_empty().then_some(())
         });
     }
+
+    // With no old lines, the first line printed is newer than the last one already written.
+    let refused = s.flotctl(&["journal", "-n", "0", "follow-test.service"]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("--follow"), "{}", refused.stderr);
+    let before = s.ok(&["journal", "-n", "1", "follow-test.service"]);
+    let before: u64 = before.rsplit("follow-line-").next().unwrap().trim().parse().unwrap();
+    let (mut child, lines) = s.follow_journal("follow-test.service", "0");
+    let first = s.numbered_lines(&lines, "follow-line-", 1)[0];
+    assert!(first > before, "an old line was printed: {first} after {before}");
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
     s.ok(&["destroy", "follow-test.service"]);
 }
 

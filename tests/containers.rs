@@ -142,7 +142,7 @@ fn journal_reads_and_follows_a_containers_log() {
         let run = s.ok(&["journal", "-n", "2", "ticker.container"]);
         (run.lines().count() == 2 && run.contains("tick-")).then_some(run)
     });
-    let (mut child, lines) = s.follow_journal("ticker.container");
+    let (mut child, lines) = s.follow_journal("ticker.container", "1");
     let numbers = s.numbered_lines(&lines, "tick-", 4);
     assert!(numbers.windows(2).all(|w| w[1] > w[0]), "lines out of order: {numbers:?}");
     let before: u64 = last.lines().last().unwrap().rsplit("tick-").next().unwrap().parse().unwrap();

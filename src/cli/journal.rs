@@ -26,7 +26,15 @@ const FOLLOW_RENEW: Duration = Duration::from_secs(2);
 /// `flotctl journal`
 pub async fn journal(store: &Store, args: &JournalArgs) -> anyhow::Result<()> {
     let view = View::read_dirs(store, &["units", "claims", "machines"]).await?;
-    let names = existing(&view, std::slice::from_ref(&args.unit))?;
+    let mut names = existing(&view, std::slice::from_ref(&args.unit))?;
+    // A template is never placed: only its instances have a journal.
+    if let [name] = names.as_slice()
+        && name.is_template()
+    {
+        let example = name.instantiate("1").map(|n| n.to_string()).unwrap_or_default();
+        bail!("{name} is a template; name an instance such as {example}");
+    }
+    names.retain(|name| !name.is_template());
     let [name] = names.as_slice() else {
         bail!("{} names {} units; journal reads one", args.unit, names.len());
     };

@@ -67,6 +67,9 @@ impl Cli {
             Command::ListUnits(args) => list::check_fields(args, &list::UNIT_FIELDS),
             Command::ListUnitFiles(args) => list::check_fields(args, &list::UNIT_FILE_FIELDS),
             Command::ListMachines(args) => list::check_fields(args, &list::MACHINE_FIELDS),
+            Command::Journal(args) if args.lines == 0 && !args.follow => {
+                Err("0 is only for --follow, which then prints the new lines alone".to_string())
+            }
             _ => Ok(()),
         };
         let usage = |message: String| {
@@ -81,7 +84,10 @@ impl Cli {
                     .to_string(),
             ));
         }
-        fields.map_err(|message| usage(format!("--fields: {message}")))
+        fields.map_err(|message| match self.command {
+            Command::Journal(_) => usage(format!("--lines: {message}")),
+            _ => usage(format!("--fields: {message}")),
+        })
     }
 }
 
@@ -164,9 +170,9 @@ pub struct NamesArgs {
 pub struct JournalArgs {
     /// The unit.
     pub unit: String,
-    /// How many of the last lines to print.
+    /// How many of the last lines to print (0 with --follow: only the new ones).
     #[arg(short = 'n', long, default_value_t = 10,
-          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::journal::MAX_LINES)))]
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::journal::MAX_LINES)))]
     pub lines: u32,
     /// Go on printing lines as they are written, until interrupted (Ctrl-C).
     #[arg(short = 'f', long)]

@@ -108,13 +108,14 @@ impl Scenario {
         command
     }
 
-    /// Starts `flotctl journal -f --lines 1 unit`; its lines arrive on the receiver.
+    /// Starts `flotctl journal -f --lines <lines> unit`; its lines arrive on the receiver.
     pub fn follow_journal(
         &self,
         unit: &str,
+        lines: &str,
     ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
         let mut child = self
-            .flotctl_command(&["journal", "-f", "--lines", "1", unit])
+            .flotctl_command(&["journal", "-f", "--lines", lines, unit])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("spawn flotctl journal -f");
