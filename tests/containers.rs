@@ -65,10 +65,14 @@ fn epoch() -> String {
     now.as_secs().to_string()
 }
 
-/// The image pulls a host's engine logged between two `epoch()` readings.
-fn pulls_on(s: &common::Scenario, host: &str, since: &str, until: &str) -> String {
+/// The image pulls a host's engine logged from an `epoch()` reading until now. The times are
+/// whole seconds, so the reading runs to the next second: an event of this very second would
+/// otherwise be missed.
+fn pulls_on(s: &common::Scenario, host: &str, since: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let until = (now.as_secs() + 1).to_string();
     let filters = ["--filter", "type=image", "--filter", "event=pull"];
-    let mut args = vec!["docker", "events", "--since", since, "--until", until];
+    let mut args = vec!["docker", "events", "--since", since, "--until", &until];
     args.extend(filters);
     s.host(host, &args)
 }
@@ -199,7 +203,7 @@ fn images_are_pulled_where_the_unit_could_run_and_a_failover_needs_no_pull() {
             (on.len() == 1 && on[0] != victim).then(|| on[0])
         });
     eprintln!("container failover with the image present took {:?}", start.elapsed());
-    assert_eq!(pulls_on(&s, survivor, &since, &epoch()), "", "the survivor pulled");
+    assert_eq!(pulls_on(&s, survivor, &since), "", "the survivor pulled");
 
     // The host comes back with the killed copy in its engine; its agent removes it.
     s.docker(&["start", victim]);
@@ -239,7 +243,7 @@ fn a_unit_with_pre_pull_off_is_pulled_only_where_it_starts() {
             (on.len() == 1 && on[0] != victim).then(|| on[0])
         });
     eprintln!("container failover with a pull took {:?}", start.elapsed());
-    assert_ne!(pulls_on(&s, survivor, &since, &epoch()), "", "the survivor did not pull");
+    assert_ne!(pulls_on(&s, survivor, &since), "", "the survivor did not pull");
     s.docker(&["start", victim]);
     s.ensure_host_up(victim);
     s.ok(&["destroy", "lazy.container"]);
