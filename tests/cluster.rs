@@ -829,6 +829,43 @@ fn journal_follow_prints_new_lines_until_stopped_and_the_host_stops_with_it() {
 }
 
 #[test]
+fn journal_follow_ends_with_an_error_when_the_host_lets_the_unit_go() {
+    let s = scenario();
+    let unit =
+        "[Service]\nExecStart=/bin/sh -c 'while true; do echo still-here; sleep 0.2; done'\n";
+    let files = s.unit_files(&[("follow-gone.service", unit)]);
+    s.ok(&["start", &files[0]]);
+    let host = s.active_on("follow-gone.service")[0];
+    let label = s.machine_id(host)[..8].to_string();
+
+    let mut child = s
+        .flotctl_command(&["journal", "-f", "-n", "0", "follow-gone.service"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn flotctl journal -f");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.contains("still-here"), "first line: {line:?}");
+
+    // Unloaded, the unit has no host: the follow says so instead of going quiet.
+    s.ok(&["unload", "follow-gone.service"]);
+    let status = s.wait_for("flotctl journal -f to end", Duration::from_secs(15), || {
+        child.try_wait().unwrap()
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no longer runs it"), "{stderr}");
+    assert!(stderr.contains(&label), "the host is not named: {stderr}");
+    s.wait_for("the host's journalctl gone", Duration::from_secs(20), || {
+        (journal_followers(&s, host, "follow-gone.service") == 0).then_some(())
+    });
+    s.ok(&["destroy", "follow-gone.service"]);
+}
+
+#[test]
 fn a_unit_name_of_255_bytes_runs_and_destroy_refuses_a_path_to_nothing() {
     let s = scenario();
     let long = format!("{}.service", "a".repeat(247));

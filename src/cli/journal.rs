@@ -9,7 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 use super::{JournalArgs, View, existing};
-use crate::keyspace::{self, JournalOutput, JournalRequest, RECORD_VERSION};
+use crate::keyspace::{self, ClaimRecord, JournalOutput, JournalRequest, Key, RECORD_VERSION};
 use crate::store::Store;
 use crate::unit::UnitName;
 
@@ -178,9 +178,27 @@ async fn follow(
             _ = renew.tick() => {
                 keeper.keep_alive().await.context("failed to keep the lease")?;
                 match kept.message().await.context("failed to keep the lease")? {
-                    Some(answer) if answer.ttl() > 0 => continue,
+                    Some(answer) if answer.ttl() > 0 => {}
                     _ => bail!("the journal's lease ended; nothing more will come"),
                 }
+                // A host that died or let the unit go writes nothing more; say so and stop
+                // waiting for it rather than go quiet.
+                let now_on = placed_on(store, name).await?;
+                for (i, machine) in machines.iter().enumerate() {
+                    if ended[i] || now_on.contains(machine) {
+                        continue;
+                    }
+                    let label = view.machine_label(machine, false);
+                    let mut why = format!("{label} no longer runs it");
+                    if !now_on.is_empty() {
+                        let labels: Vec<String> =
+                            now_on.iter().map(|m| view.machine_label(m, false)).collect();
+                        why += &format!("; it runs on {} now", labels.join(", "));
+                    }
+                    failed.push(why);
+                    ended[i] = true;
+                }
+                continue;
             }
             () = tokio::time::sleep_until(begin_by), if begun.contains(&false) => {
                 for (i, machine) in machines.iter().enumerate() {
@@ -227,6 +245,22 @@ async fn follow(
         bail!("cannot follow the journal of {name}: {}", failed.join("; "));
     }
     Ok(())
+}
+
+/// The machines that hold a claim on `name` now.
+async fn placed_on(store: &Store, name: &UnitName) -> anyhow::Result<Vec<String>> {
+    let listing = store.list(&store.keys.claim(name, None)).await?;
+    let mut machines = Vec::new();
+    for kv in &listing.kvs {
+        // The prefix also matches longer names, such as `web.service.service`.
+        let Some(Key::Claim(unit, _)) = store.keys.parse(kv.key()) else { continue };
+        if unit == *name
+            && let Ok(claim) = keyspace::decode::<ClaimRecord>(kv.value())
+        {
+            machines.push(claim.machine);
+        }
+    }
+    Ok(machines)
 }
 
 /// Which host's part `key` is: the number after the lease in `<prefix><host>/<part>`.
