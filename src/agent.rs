@@ -776,6 +776,9 @@ impl Agent {
 
         let mut reload = false;
         for (name, want, result) in results {
+            // Read again after the change: a unit only loaded, never started, sends no signal
+            // that would get it read later, and would go unreported.
+            self.dirty.insert(name.clone());
             match (want, result) {
                 (Some(want), Ok(enabled)) => {
                     // A new file needs no reload: systemd reads it when the unit is started.

@@ -179,6 +179,25 @@ fn template_instances_resolve_specifiers() {
 }
 
 #[test]
+fn loading_a_unit_never_started_waits_for_it_loaded_and_inactive() {
+    let s = scenario();
+    s.cleanup(&["loadonly.service"]);
+    let files = s.unit_files(&[("loadonly.service", "[Service]\nExecStart=/bin/sleep infinity\n")]);
+    // Twice: fresh, and again after an unload took it off its host.
+    for _ in 0..2 {
+        s.ok(&["load", "--timeout", "20s", &files[0]]);
+        let listed = s.ok(&["list-units", "--no-legend", "--fields", "unit,active,load"]);
+        let row = listed.lines().find(|l| l.starts_with("loadonly.service")).unwrap_or_default();
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            ["loadonly.service", "inactive", "loaded"]
+        );
+        s.ok(&["unload", "loadonly.service"]);
+    }
+    s.ok(&["destroy", "loadonly.service"]);
+}
+
+#[test]
 fn stop_unload_and_destroy_leave_no_trace() {
     let s = scenario();
     s.cleanup(&["trace.service"]);
