@@ -699,6 +699,10 @@ fn a_batch_of_150_units_starts_stops_and_is_destroyed_by_glob() {
     assert_eq!(HOSTS.iter().map(|h| running(h)).sum::<usize>(), 0);
     s.ok(&["start", "big@*"]);
     assert_eq!(HOSTS.iter().map(|h| running(h)).sum::<usize>(), 150);
+    // The glob matched the template too, which is never started itself.
+    let files = s.ok(&["list-unit-files", "--no-legend", "--fields", "unit,dstate"]);
+    let template = files.lines().find(|l| l.starts_with("big@.service")).unwrap_or_default();
+    assert_eq!(template.split_whitespace().collect::<Vec<_>>(), ["big@.service", "inactive"]);
     s.ok(&["destroy", "big@*"]);
     for host in HOSTS {
         assert_eq!(running(host), 0, "{host} still runs big@ units");

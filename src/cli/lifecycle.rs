@@ -18,9 +18,11 @@ struct Prepared {
 }
 
 impl Prepared {
-    /// The units whose desired state is still to be written.
+    /// The units whose desired state is still to be written; a template a glob matched is
+    /// never one of them.
     fn without_state(&self) -> Vec<UnitName> {
-        self.names.iter().filter(|n| !self.with_state.contains(n)).cloned().collect()
+        let needs_state = |n: &&UnitName| !self.with_state.contains(*n) && !n.is_template();
+        self.names.iter().filter(needs_state).cloned().collect()
     }
 }
 
