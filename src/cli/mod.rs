@@ -22,6 +22,7 @@ mod verify;
 mod view;
 mod wait;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -285,8 +286,11 @@ fn is_path(arg: &str) -> bool {
 
 /// Reads and checks every file of `paths`; refuses them all, naming each bad one, if any is bad.
 pub(crate) fn read_unit_files(paths: &[String]) -> anyhow::Result<Vec<LocalFile>> {
-    let (files, errors): (Vec<_>, Vec<_>) =
-        paths.iter().map(|p| read_unit_file(p)).partition(Result::is_ok);
+    let mut copies = Copies::default();
+    let (files, errors): (Vec<_>, Vec<_>) = paths
+        .iter()
+        .map(|p| read_unit_file(p).and_then(|file| copies.check(p, file)))
+        .partition(Result::is_ok);
     let mut errors: Vec<anyhow::Error> = errors.into_iter().filter_map(Result::err).collect();
     match errors.len() {
         0 => Ok(files.into_iter().filter_map(Result::ok).collect()),
@@ -295,6 +299,31 @@ pub(crate) fn read_unit_files(paths: &[String]) -> anyhow::Result<Vec<LocalFile>
             let each: Vec<String> = errors.iter().map(|e| format!("  {e:#}")).collect();
             bail!("{n} unit files are refused, so none is stored:\n{}", each.join("\n"))
         }
+    }
+}
+
+/// The files of one command line by unit name, to refuse a unit given twice with different
+/// files (`a/web.service` and `b/web.service`), as submit would.
+#[derive(Default)]
+pub(crate) struct Copies<'a> {
+    first: BTreeMap<UnitName, (&'a str, String)>,
+}
+
+impl<'a> Copies<'a> {
+    pub(crate) fn check(&mut self, path: &'a str, file: LocalFile) -> anyhow::Result<LocalFile> {
+        let units = std::iter::once((&file.name, &file.text));
+        for (name, text) in units.chain(file.template.as_ref().map(|(n, t)| (n, t))) {
+            match self.first.get(name) {
+                Some((first, earlier)) if earlier != text => {
+                    bail!("{path}: unit {name} is also given as {first}, with a different file");
+                }
+                Some(_) => {}
+                None => {
+                    self.first.insert(name.clone(), (path, text.clone()));
+                }
+            }
+        }
+        Ok(file)
     }
 }
 
@@ -429,6 +458,28 @@ mod tests {
     fn printable_escapes_control_characters_only() {
         assert_eq!(printable("web \u{1b}[31mred\u{7}"), "web \\u{1b}[31mred\\u{7}");
         assert_eq!(printable("café ok"), "café ok");
+    }
+
+    #[test]
+    fn a_unit_given_twice_must_be_the_same_file_both_times() {
+        let file = |name: &str, text: &str| LocalFile {
+            name: UnitName::parse(name).unwrap(),
+            text: text.to_string(),
+            template: None,
+        };
+        let mut copies = Copies::default();
+        assert!(copies.check("a/web.service", file("web.service", "one")).is_ok());
+        assert!(copies.check("c/web.service", file("web.service", "one")).is_ok());
+        let error = copies.check("b/web.service", file("web.service", "two")).err().unwrap();
+        assert_eq!(
+            error.to_string(),
+            "b/web.service: unit web.service is also given as a/web.service, with a different file"
+        );
+        // An instance made from a template brings the template's text along.
+        let mut instance = file("db@1.service", "x");
+        instance.template = Some((UnitName::parse("db@.service").unwrap(), "x".to_string()));
+        assert!(copies.check("d/db@1.service", instance).is_ok());
+        assert!(copies.check("e/db@.service", file("db@.service", "y")).is_err());
     }
 
     #[test]

@@ -2,13 +2,14 @@
 
 use anyhow::bail;
 
-use super::{VerifyArgs, read_unit_file};
+use super::{Copies, VerifyArgs, read_unit_file};
 
 /// `flotctl verify`
 pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     let mut failed = 0;
+    let mut copies = Copies::default();
     for path in &args.files {
-        match read_unit_file(path) {
+        match read_unit_file(path).and_then(|file| copies.check(path, file)) {
             Ok(file) => outln!("{path}: ok ({})", file.name),
             Err(error) => {
                 eprintln!("{error:#}");
