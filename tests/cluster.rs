@@ -224,6 +224,13 @@ fn stop_unload_and_destroy_leave_no_trace() {
 
     s.ok(&["start", "trace.service"]);
     let host = s.active_on("trace.service")[0];
+    // Every name that is not there is named, and the one that is stays.
+    let partly = s.flotctl(&["destroy", "trace.service", "nosuch-a.service", "nosuch-b*"]);
+    assert_eq!(partly.code, 1, "{}", partly.stderr);
+    assert!(partly.stderr.contains("nothing was destroyed"), "{}", partly.stderr);
+    assert!(partly.stderr.contains("nosuch-a.service does not exist"), "{}", partly.stderr);
+    assert!(partly.stderr.contains("no unit matches \"nosuch-b*\""), "{}", partly.stderr);
+    assert_eq!(s.active_on("trace.service"), [host]);
     s.host(host, &["rm", "-f", "/run/trace-stopped"]);
     s.ok(&["destroy", "trace.service"]);
     assert!(s.host_output(host, &["test", "-e", "/run/trace-stopped"]).status.success());

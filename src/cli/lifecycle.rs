@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use anyhow::{Context, bail};
 
 use super::wait::{Goal, wait};
-use super::{ChangeArgs, LocalFile, View, is_path, resolve};
+use super::{ChangeArgs, LocalFile, View, is_path, refuse_missing, resolve};
 use crate::keyspace::DesiredState;
 use crate::store::Store;
 use crate::unit::UnitName;
@@ -184,6 +184,7 @@ fn local_unit_name(arg: &str) -> anyhow::Result<&str> {
 pub async fn destroy(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
     let view = View::read(store).await?;
     let mut patterns = Vec::new();
+    let mut missing = Vec::new();
     for arg in &args.units {
         let name = match is_path(arg) {
             true => local_unit_name(arg)?,
@@ -191,10 +192,17 @@ pub async fn destroy(store: &Store, args: &ChangeArgs) -> anyhow::Result<()> {
         };
         let plain = !name.contains(['*', '?', '[']);
         if plain && !view.units.contains_key(&UnitName::parse(name)?) {
-            bail!("unit {name} does not exist");
+            missing.push(format!("unit {name} does not exist"));
+            continue;
+        }
+        if let Err(error) = resolve(&view, &[name.to_string()]) {
+            missing.push(format!("{error:#}"));
+            continue;
         }
         patterns.push(name.to_string());
     }
+    // All or nothing: the units that do exist are kept too.
+    refuse_missing(missing).context("nothing was destroyed")?;
     let (names, _) = resolve(&view, &patterns)?;
     store.destroy(&names).await?;
     if !args.no_block {

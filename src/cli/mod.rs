@@ -389,6 +389,7 @@ pub(crate) fn resolve(
 ) -> anyhow::Result<(Vec<UnitName>, Vec<NewInstance>)> {
     let mut names = Vec::new();
     let mut to_submit = Vec::new();
+    let mut missing = Vec::new();
     for arg in args {
         if arg.contains(['*', '?', '[']) {
             let glob = Glob::new(arg).with_context(|| format!("bad pattern {arg:?}"))?;
@@ -396,7 +397,7 @@ pub(crate) fn resolve(
             let matched: Vec<_> =
                 view.units.keys().filter(|n| matcher.is_match(n.as_str())).cloned().collect();
             if matched.is_empty() {
-                bail!("no unit matches {arg:?}");
+                missing.push(format!("no unit matches {arg:?}"));
             }
             names.extend(matched);
             continue;
@@ -412,28 +413,45 @@ pub(crate) fn resolve(
                 to_submit.push((name.clone(), record.text.clone()));
                 names.push(name);
             }
-            None => bail!("unit {name} does not exist"),
+            None => missing.push(format!("unit {name} does not exist")),
         }
     }
+    refuse_missing(missing)?;
     names.sort();
     names.dedup();
     Ok((names, to_submit))
 }
 
+/// Fails naming every argument that matched no unit, so that one run shows them all.
+pub(crate) fn refuse_missing(missing: Vec<String>) -> anyhow::Result<()> {
+    match missing.as_slice() {
+        [] => Ok(()),
+        [one] => bail!("{one}"),
+        many => bail!("{} arguments match no unit: {}", many.len(), many.join("; ")),
+    }
+}
+
 /// Resolves names and globs to units that are in the cluster, in the order given.
 pub(crate) fn existing(view: &View, args: &[String]) -> anyhow::Result<Vec<UnitName>> {
     let mut names: Vec<UnitName> = Vec::new();
+    let mut missing = Vec::new();
     for arg in args {
-        let (matched, _) = resolve(view, std::slice::from_ref(arg))?;
+        let matched = match resolve(view, std::slice::from_ref(arg)) {
+            Ok((matched, _)) => matched,
+            Err(error) => {
+                missing.push(format!("{error:#}"));
+                continue;
+            }
+        };
         for name in matched {
             if !view.units.contains_key(&name) {
-                bail!("unit {name} does not exist");
-            }
-            if !names.contains(&name) {
+                missing.push(format!("unit {name} does not exist"));
+            } else if !names.contains(&name) {
                 names.push(name);
             }
         }
     }
+    refuse_missing(missing)?;
     Ok(names)
 }
 
