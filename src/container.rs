@@ -178,8 +178,8 @@ impl ContainerSpec {
         };
 
         let image = last("Image").filter(|e| !e.value.is_empty()).ok_or(ContainerError::NoImage)?;
-        if image.value.contains(char::is_whitespace) {
-            return Err(bad(image, "Image", "an image reference has no spaces"));
+        if let Err(reason) = check_image_reference(&image.value) {
+            return Err(bad(image, "Image", reason));
         }
         let exec = last("Exec").map(|e| words(e, "Exec")).transpose()?;
         let entrypoint = last("Entrypoint").map(|e| words(e, "Entrypoint")).transpose()?;
@@ -294,6 +294,124 @@ fn unknown(entry: &Entry, section: &'static str) -> ContainerError {
     ContainerError::UnknownKey { line: entry.line, section, key: entry.key.clone() }
 }
 
+/// Checks an image reference against Docker's grammar, `[host[:port]/]path[:tag][@digest]`,
+/// so that a name the engine would refuse is refused at submit instead of on a host.
+///
+/// The crates that parse references were either a regex port of Docker's whose automaton takes
+/// tens of megabytes, too much for flotd, or not under a licence we can ship.
+fn check_image_reference(reference: &str) -> Result<(), &'static str> {
+    let (rest, digest) = match reference.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (reference, None),
+    };
+    if let Some(digest) = digest {
+        let (algorithm, hex) = digest.split_once(':').ok_or("a digest is algorithm:hex")?;
+        let algorithm_ok = algorithm.split(['+', '.', '_', '-']).all(|part| {
+            part.starts_with(|c: char| c.is_ascii_alphabetic())
+                && part.chars().all(|c| c.is_ascii_alphanumeric())
+        });
+        if !algorithm_ok || hex.len() < 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err("a digest is algorithm:hex, such as sha256: and 64 hex digits");
+        }
+    }
+    // A colon after the last slash starts the tag; one before it is the registry's port.
+    let tag_at = rest.rfind(':').filter(|&at| !rest[at..].contains('/'));
+    let (name, tag) = match tag_at {
+        Some(at) => (&rest[..at], Some(&rest[at + 1..])),
+        None => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let first_ok = tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+        let rest_ok = tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !first_ok || !rest_ok || tag.len() > 128 {
+            return Err(
+                "a tag is up to 128 letters, digits, '_', '.' and '-', not starting with                         '.' or '-'",
+            );
+        }
+    }
+    if name.is_empty() {
+        return Err("the image has no name");
+    }
+    if name.len() > 255 {
+        return Err("an image name is at most 255 characters");
+    }
+    let mut components: Vec<&str> = name.split('/').collect();
+    // Docker reads the first component as a registry when it could not be a repository.
+    let first = components[0];
+    let is_registry = components.len() > 1
+        && (first.contains(['.', ':'])
+            || first == "localhost"
+            || first.contains(char::is_uppercase));
+    if is_registry {
+        check_registry(first)?;
+        components.remove(0);
+    }
+    if !components.iter().all(|c| is_path_component(c)) {
+        return Err(
+            "a repository name is lower-case letters and digits, split by '/' and                     joined by '.', '_', '__' or '-'",
+        );
+    }
+    Ok(())
+}
+
+/// `host[:port]`, where the host is a DNS name, an IPv4 address or a bracketed IPv6 address.
+fn check_registry(registry: &str) -> Result<(), &'static str> {
+    let (host, port) = match registry.strip_prefix('[') {
+        Some(v6) => {
+            let (address, after) = v6.split_once(']').ok_or("a bracketed IPv6 host lacks ']'")?;
+            if address.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err("the registry's IPv6 address is not valid");
+            }
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or("a registry is host[:port]")?),
+            };
+            (None, port)
+        }
+        None => match registry.split_once(':') {
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(registry), None),
+        },
+    };
+    if port.is_some_and(|port| port.parse::<u16>().is_err()) {
+        return Err("a registry's port is a number up to 65535");
+    }
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if host.is_some_and(|host| !host.split('.').all(label_ok)) {
+        return Err("a registry's host is a DNS name or an IP address");
+    }
+    Ok(())
+}
+
+/// Runs of `[a-z0-9]` joined by one separator each: `.`, `_`, `__` or any number of `-`.
+fn is_path_component(component: &str) -> bool {
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if !component.starts_with(alphanumeric) || !component.ends_with(alphanumeric) {
+        return false;
+    }
+    let mut separator = String::new();
+    for c in component.chars() {
+        if alphanumeric(c) {
+            let ok = matches!(separator.as_str(), "" | "." | "_" | "__")
+                || separator.chars().all(|s| s == '-');
+            if !ok {
+                return false;
+            }
+            separator.clear();
+        } else if matches!(c, '.' | '_' | '-') {
+            separator.push(c);
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
 fn bad(entry: &Entry, key: &'static str, reason: &str) -> ContainerError {
     ContainerError::BadValue {
         line: entry.line,
@@ -365,6 +483,49 @@ mod tests {
         let name = UnitName::parse("app.container").unwrap();
         let file = UnitFile::parse(&name, text.as_bytes()).unwrap();
         ContainerSpec::from_unit(&file)
+    }
+
+    #[test]
+    fn image_references_follow_docker_s_grammar() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let good = [
+            "busybox".to_string(),
+            "registry:5000/workload:1".to_string(),
+            "172.31.90.30:5000/flotilla/workload:latest".to_string(),
+            "localhost/a_b__c-d---e.f".to_string(),
+            "Registry.Example.com/team/app:v1.2_3-rc".to_string(),
+            "[::1]:5000/app".to_string(),
+            format!("app@{digest}"),
+            format!("ghcr.io/team/app:1@{digest}"),
+        ];
+        for image in &good {
+            assert_eq!(check_image_reference(image), Ok(()), "{image}");
+        }
+        let bad = [
+            ("UPPER/Case::bad", "repository name"),
+            ("Busybox", "repository name"),
+            ("app:", "a tag is"),
+            ("app:-x", "a tag is"),
+            (":latest", "has no name"),
+            ("team//app", "repository name"),
+            ("team/app/", "repository name"),
+            ("-app", "repository name"),
+            ("app.", "repository name"),
+            ("a___b", "repository name"),
+            ("app@sha256:xyz", "a digest is"),
+            ("app@nocolon", "a digest is"),
+            ("registry:99999/app", "port"),
+            ("bad_host.io/app", "registry's host"),
+            ("[::zz]/app", "IPv6"),
+            ("app name", "repository name"),
+        ];
+        for (image, reason) in bad {
+            let error = check_image_reference(image).expect_err(image);
+            assert!(error.contains(reason), "{image}: {error}");
+        }
+        assert!(check_image_reference(&"a".repeat(256)).is_err());
+        let error = spec("[Container]\nImage=UPPER/Case::bad\n").unwrap_err().to_string();
+        assert!(error.contains("line 2: bad Image="), "{error}");
     }
 
     #[test]
