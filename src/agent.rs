@@ -72,6 +72,9 @@ impl AgentConfig {
         if self.endpoints.is_empty() {
             bail!("no etcd endpoints given");
         }
+        if let Some(problem) = crate::keyspace::prefix_problem(&self.prefix) {
+            bail!("bad --prefix {:?}: {problem}", self.prefix);
+        }
         Ok(())
     }
 }

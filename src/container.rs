@@ -422,11 +422,7 @@ fn bad(entry: &Entry, key: &'static str, reason: &str) -> ContainerError {
 }
 
 fn seconds(entry: &Entry, key: &'static str) -> Result<Duration, ContainerError> {
-    let value = entry.value.as_str();
-    match value.parse::<u64>() {
-        Ok(secs) => Ok(Duration::from_secs(secs)),
-        Err(_) => humantime::parse_duration(value).map_err(|e| bad(entry, key, &e.to_string())),
-    }
+    crate::unit::parse_seconds(&entry.value).map_err(|reason| bad(entry, key, &reason))
 }
 
 fn parse_port(entry: &Entry) -> Result<PortMapping, ContainerError> {
@@ -569,6 +565,7 @@ mod tests {
             ("[Container]\nImage=a\nExec=\"unterminated\n", "line 3: bad Exec="),
             ("[Container]\nImage=a\nLabel=flotilla.unit=x\n", "flotilla.*"),
             ("[Container]\nImage=a\nStopTimeout=soon\n", "line 3: bad StopTimeout="),
+            ("[Container]\nImage=a\nStopTimeout=-1\n", "whole seconds (30) or units"),
             ("[Container]\nImage=a\nPrePull=later\n", "line 3: bad PrePull="),
             ("[Container]\nImage=a\n[Service]\nRestart=sometimes\n", "line 4: bad Restart="),
         ];

@@ -410,6 +410,18 @@ impl Keyspace {
     }
 }
 
+/// Why `prefix` cannot be a keyspace prefix, if it cannot: it must be an absolute key path
+/// such as `/flotilla`, with no spaces or control characters.
+pub fn prefix_problem(prefix: &str) -> Option<&'static str> {
+    if !prefix.starts_with('/') || prefix.trim_end_matches('/').is_empty() {
+        return Some("a key prefix starts with '/' and names something, such as /flotilla");
+    }
+    if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("a key prefix has no spaces or control characters");
+    }
+    None
+}
+
 /// Whether `id` looks like an /etc/machine-id: 32 lower-case hex digits.
 pub fn is_machine_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -429,6 +441,15 @@ mod tests {
 
     fn name(s: &str) -> UnitName {
         UnitName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_prefix_is_an_absolute_key_path() {
+        assert_eq!(prefix_problem("/flotilla"), None);
+        assert_eq!(prefix_problem("/a/b/"), None);
+        for bad in ["", "/", "//", "flotilla", "/flo tilla", "/a\nb"] {
+            assert!(prefix_problem(bad).is_some(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1271,6 +1271,17 @@ fn set_once<T: PartialEq>(
     }
 }
 
+/// A duration as whole seconds (`30`) or with units (`1m30s`, `500ms`).
+pub fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    match text.parse::<u64>() {
+        Ok(seconds) => Ok(std::time::Duration::from_secs(seconds)),
+        // humantime's own words ("expected number at 0") do not say what was wanted.
+        Err(_) => humantime::parse_duration(text).map_err(|_| {
+            "not a duration: give whole seconds (30) or units (1m30s, 500ms)".to_string()
+        }),
+    }
+}
+
 /// Why globset refused a glob, as one line.
 ///
 /// globset quotes the ends of an invalid range as raw characters, and a carriage return there

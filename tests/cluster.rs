@@ -175,6 +175,10 @@ fn template_instances_resolve_specifiers() {
     s.ok(&["start", "geo@east.service"]);
     let on = s.active_on("geo@east.service");
     assert!(on == ["flotilla-host1"] || on == ["flotilla-host3"], "{on:?}");
+    // Several files are told apart by a line naming each; one alone is printed as stored.
+    let both = s.ok(&["cat", "geo@west.service", "geo@east.service"]);
+    assert_eq!(both, format!("# geo@west.service\n{geo}\n# geo@east.service\n{geo}"));
+    assert_eq!(s.ok(&["cat", "geo@east.service"]), geo);
     s.ok(&["destroy", "geo@*"]);
 }
 
@@ -759,10 +763,17 @@ fn an_unknown_listing_field_is_a_usage_error_before_etcd_is_asked() {
         assert!(run.stderr.contains("unknown field \"bogus\""), "{verb}: {}", run.stderr);
         assert!(run.stderr.contains(available), "{verb} lists no fields: {}", run.stderr);
         assert!(!run.stderr.contains("unreachable"), "{verb} tried etcd first: {}", run.stderr);
+        // The usage shown is the verb's, as for the errors clap finds itself.
+        assert!(run.stderr.contains(&format!("Usage: flotctl {verb}")), "{}", run.stderr);
     }
     let empty = s.flotctl(&["--endpoints", "", "list-units"]);
     assert_eq!(empty.code, 2, "{}", empty.stderr);
     assert!(empty.stderr.contains("an endpoint is empty"), "{}", empty.stderr);
+    for prefix in ["", "flotilla", "/"] {
+        let run = s.flotctl(&["--endpoints", nowhere, "--prefix", prefix, "list-units"]);
+        assert_eq!(run.code, 2, "--prefix {prefix:?}: {}", run.stderr);
+        assert!(run.stderr.contains("a key prefix starts with '/'"), "{}", run.stderr);
+    }
 }
 
 #[test]

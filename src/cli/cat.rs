@@ -14,6 +14,10 @@ pub async fn cat(store: &Store, args: &NamesArgs) -> anyhow::Result<()> {
         if index > 0 {
             writeln!(out)?;
         }
+        // As systemctl cat does, several files are told apart by a comment line naming each.
+        if names.len() > 1 {
+            writeln!(out, "# {name}")?;
+        }
         out.write_all(view.units[name].text.as_bytes())?;
     }
     Ok(())

@@ -73,11 +73,20 @@ impl Cli {
             }
             _ => Ok(()),
         };
+        // The usage shown is the verb's own, as clap shows for the errors it finds itself.
         let usage = |message: String| {
             let mut command = <Cli as clap::CommandFactory>::command();
-            command.error(clap::error::ErrorKind::InvalidValue, message)
+            command.build();
+            let verb = self.command.name();
+            match command.find_subcommand_mut(verb) {
+                Some(verb) => verb.error(clap::error::ErrorKind::InvalidValue, message),
+                None => command.error(clap::error::ErrorKind::InvalidValue, message),
+            }
         };
         let offline = matches!(self.command, Command::Version | Command::Verify(_));
+        if let Some(problem) = crate::keyspace::prefix_problem(&self.prefix).filter(|_| !offline) {
+            return Err(usage(format!("--prefix {:?}: {problem}", self.prefix)));
+        }
         if !offline && self.endpoints.iter().any(|e| e.trim().is_empty()) {
             return Err(usage(
                 "--endpoints: an endpoint is empty (give URLs such as \
@@ -260,6 +269,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+impl Command {
+    /// The verb as typed on the command line.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Submit(_) => "submit",
+            Command::Load(_) => "load",
+            Command::Start(_) => "start",
+            Command::Stop(_) => "stop",
+            Command::Restart(_) => "restart",
+            Command::Unload(_) => "unload",
+            Command::Destroy(_) => "destroy",
+            Command::ListUnits(_) => "list-units",
+            Command::ListUnitFiles(_) => "list-unit-files",
+            Command::ListMachines(_) => "list-machines",
+            Command::Cat(_) => "cat",
+            Command::Status(_) => "status",
+            Command::Journal(_) => "journal",
+            Command::Verify(_) => "verify",
+            Command::Version => "version",
+        }
+    }
+}
+
 /// A unit file read from disk and checked as submit checks it.
 pub(crate) struct LocalFile {
     pub name: UnitName,
@@ -268,13 +300,7 @@ pub(crate) struct LocalFile {
     pub template: Option<(UnitName, String)>,
 }
 
-/// A duration as whole seconds (`30`) or with units (`1m30s`).
-pub fn parse_seconds(text: &str) -> Result<Duration, String> {
-    match text.parse::<u64>() {
-        Ok(seconds) => Ok(Duration::from_secs(seconds)),
-        Err(_) => humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}")),
-    }
-}
+pub use crate::unit::parse_seconds;
 
 /// The largest unit file accepted, as the parser enforces it.
 const MAX_FILE_SIZE: u64 = 1 << 20;
@@ -498,6 +524,22 @@ mod tests {
         instance.template = Some((UnitName::parse("db@.service").unwrap(), "x".to_string()));
         assert!(copies.check("d/db@1.service", instance).is_ok());
         assert!(copies.check("e/db@.service", file("db@.service", "y")).is_err());
+    }
+
+    #[test]
+    fn each_verb_s_name_is_the_one_clap_knows() {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        command.build();
+        for args in [
+            vec!["flotctl", "list-unit-files"],
+            vec!["flotctl", "journal", "x.service"],
+            vec!["flotctl", "version"],
+            vec!["flotctl", "destroy", "x.service"],
+        ] {
+            let cli = <Cli as clap::Parser>::parse_from(&args);
+            assert!(command.find_subcommand(cli.command.name()).is_some(), "{args:?}");
+            assert_eq!(cli.command.name(), args[1]);
+        }
     }
 
     #[test]
