@@ -9,10 +9,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use futures_util::StreamExt;
 use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, trace, warn};
 
 use crate::keyspace::{self, ClaimRecord, EngineRecord, Keyspace, ProblemRecord, RECORD_VERSION};
 use crate::mirror::{ClaimEntry, Mirror, SharedMirror};
@@ -110,7 +112,38 @@ async fn campaign(store: &Store, config: &EngineConfig) -> anyhow::Result<bool> 
     Ok(false)
 }
 
+/// How many claim-only rounds may be written at once. Later rounds are planned with the
+/// earlier ones' claims laid over the mirror, so a bulk start is claimed as its files arrive
+/// rather than one commit and one watch delivery at a time.
+const ROUNDS_IN_FLIGHT: usize = 4;
+
+/// How long the engine waits after a round failed before it plans again.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Claims of a round the mirror does not show yet.
+struct PendingRound {
+    id: u64,
+    claims: Vec<(UnitName, String)>,
+    /// The revision the round wrote at; `None` while it is being written.
+    revision: Option<i64>,
+}
+
+/// What a finished round reports back to [`lead`].
+struct RoundDone {
+    id: u64,
+    claims: usize,
+    releases: usize,
+    planned_ms: u128,
+    started: std::time::Instant,
+    result: anyhow::Result<i64>,
+}
+
 /// Places units whenever the mirror changes, until another host holds the engine key.
+///
+/// A round that only adds claims goes out at once, beside rounds still being written. Every
+/// other round (releases, stale claims, problem reports) waits until nothing is in flight and
+/// the mirror has seen all this engine wrote: those operations are guarded by what the mirror
+/// showed, and a view that lags behind our own writes would only make them fail.
 async fn lead(
     store: &Store,
     mirror: &SharedMirror,
@@ -118,10 +151,15 @@ async fn lead(
     config: &EngineConfig,
     options: &mut OptionsCache,
 ) {
-    // Writes this engine made are only planned on again once the mirror has seen them.
     let mut written_revision = 0;
     let mut seen_self = false;
+    let mut pending: Vec<PendingRound> = Vec::new();
+    let mut rounds = FuturesUnordered::new();
+    let mut next_id = 0;
+    // After a failed round no new one starts before this moment.
+    let mut paused_until: Option<tokio::time::Instant> = None;
     loop {
+        let paused = paused_until.is_some_and(|at| tokio::time::Instant::now() < at);
         let work = {
             let mirror = mirror.read().expect("mirror lock");
             if mirror.engine.as_deref() == Some(config.machine.as_str()) {
@@ -132,34 +170,65 @@ async fn lead(
                 None if seen_self => return,
                 // The mirror has not yet seen this engine's own election; nothing to do before.
                 None => None,
-                Some(_) if mirror.revision < written_revision => None,
+                Some(_) if paused || rounds.len() >= ROUNDS_IN_FLIGHT => None,
                 Some(_) => {
                     seen_self = true;
-                    Some(Work::from_mirror(&mirror, options))
+                    pending.retain(|r| r.revision.is_none_or(|rev| rev > mirror.revision));
+                    let quiet = rounds.is_empty() && mirror.revision >= written_revision;
+                    Some((Work::from_mirror(&mirror, options, &pending), quiet))
                 }
             }
         };
-        if let Some(work) = work {
-            let started = std::time::Instant::now();
-            match apply(store, config, &work).await {
-                Ok(revision) => {
-                    written_revision = revision;
-                    let (claims, releases) = (work.plan.claim.len(), work.plan.release.len());
-                    if claims + releases + work.stale.len() > 0 {
-                        let planned_ms = work.planned_ms;
-                        let applied_ms = started.elapsed().as_millis();
-                        debug!(claims, releases, planned_ms, applied_ms, "placement round");
-                    }
-                }
-                Err(error) => {
-                    warn!(error = %format!("{error:#}"), "failed to apply placement");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
+        if let Some((work, quiet)) = work
+            && !work.is_empty()
+            && (quiet || work.only_claims())
+        {
+            let id = next_id;
+            next_id += 1;
+            pending.push(PendingRound { id, claims: work.plan.claim.clone(), revision: None });
+            rounds.push(async move {
+                let started = std::time::Instant::now();
+                let result = apply(store, config, &work).await;
+                let (claims, releases) = (work.plan.claim.len(), work.plan.release.len());
+                RoundDone { id, claims, releases, planned_ms: work.planned_ms, started, result }
+            });
+        }
+
+        let resume = async {
+            match paused_until {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = changed.changed() => {
+                if result.is_err() {
+                    return;
                 }
             }
-        }
-        if changed.changed().await.is_err() {
-            return;
+            Some(done) = rounds.next(), if !rounds.is_empty() => {
+                let round = pending.iter_mut().find(|r| r.id == done.id);
+                match done.result {
+                    Ok(revision) => {
+                        written_revision = written_revision.max(revision);
+                        if let Some(round) = round {
+                            round.revision = Some(revision);
+                        }
+                        let applied_ms = done.started.elapsed().as_millis();
+                        let (claims, releases, planned_ms) =
+                            (done.claims, done.releases, done.planned_ms);
+                        debug!(claims, releases, planned_ms, applied_ms, "placement round");
+                    }
+                    Err(error) => {
+                        // What the round wrote, if anything, reaches the mirror as usual; what
+                        // it did not is planned again once the pause is over.
+                        pending.retain(|r| r.id != done.id);
+                        warn!(error = %format!("{error:#}"), "failed to apply placement");
+                        paused_until = Some(tokio::time::Instant::now() + RETRY_PAUSE);
+                    }
+                }
+            }
+            () = resume => paused_until = None,
         }
     }
 }
@@ -205,7 +274,8 @@ struct Work {
 }
 
 impl Work {
-    fn from_mirror(mirror: &Mirror, options: &mut OptionsCache) -> Work {
+    /// Plans from the mirror with the claims of `pending` rounds laid over it.
+    fn from_mirror(mirror: &Mirror, options: &mut OptionsCache, pending: &[PendingRound]) -> Work {
         let started = std::time::Instant::now();
         options.retain_current(mirror);
         let mut units = Vec::new();
@@ -257,6 +327,13 @@ impl Work {
             }
         }
 
+        // A claim on its way to etcd holds its unit and loads its host as a seen one does.
+        for (name, machine) in pending.iter().flat_map(|round| &round.claims) {
+            if placeable.contains(name) {
+                claims.entry(name.clone()).or_default().insert(machine.clone());
+            }
+        }
+
         let machines = mirror
             .machines
             .values()
@@ -267,6 +344,23 @@ impl Work {
         let leases = mirror.machines.iter().map(|(id, m)| (id.clone(), m.lease)).collect();
         let planned_ms = started.elapsed().as_millis();
         Work { plan, stale, global, leases, problems: mirror.problems.clone(), planned_ms }
+    }
+
+    /// Whether a problem report must be written or removed.
+    fn changes_problems(&self) -> bool {
+        let unplaceable = &self.plan.unplaceable;
+        unplaceable.iter().any(|(name, reason)| self.problems.get(name) != Some(reason))
+            || self.problems.keys().any(|name| !unplaceable.contains_key(name))
+    }
+
+    /// Whether the round adds claims and does nothing else.
+    fn only_claims(&self) -> bool {
+        self.plan.release.is_empty() && self.stale.is_empty() && !self.changes_problems()
+    }
+
+    /// Whether the round writes nothing at all.
+    fn is_empty(&self) -> bool {
+        self.plan.claim.is_empty() && self.only_claims()
     }
 }
 
@@ -321,7 +415,7 @@ async fn apply(store: &Store, config: &EngineConfig, work: &Work) -> anyhow::Res
         let put =
             TxnOp::put(key, keyspace::encode(&record), Some(PutOptions::new().with_lease(lease)));
         writes.push(GuardedOp { guards, machine: Some((machine.clone(), lease)), op: put });
-        debug!(unit.name = %name, machine.id = %machine, "placing unit");
+        trace!(unit.name = %name, machine.id = %machine, "placing unit");
     }
     for (name, reason) in &work.plan.unplaceable {
         if work.problems.get(name) != Some(reason) {
@@ -458,6 +552,72 @@ mod tests {
             .collect();
         let sizes: Vec<usize> = super::batches(&unguarded).iter().map(|b| b.len()).collect();
         assert_eq!(sizes, [120, 120, 10]);
+    }
+
+    /// A mirror with two idle hosts and `units` launched plain units.
+    fn mirror_with(units: &[&str]) -> Mirror {
+        let mut mirror = Mirror::default();
+        mirror.revision = 10;
+        for (lease, id) in [(1, "m1"), (2, "m2")] {
+            let record = keyspace::MachineRecord {
+                version: RECORD_VERSION,
+                id: id.to_string(),
+                ip: String::new(),
+                hostname: id.to_string(),
+                metadata: BTreeMap::new(),
+                agent_version: String::new(),
+            };
+            mirror.machines.insert(id.to_string(), crate::mirror::MachineEntry { record, lease });
+        }
+        for unit in units {
+            let name = UnitName::parse(unit).unwrap();
+            let text = "[Service]\nExecStart=/bin/true\n".to_string();
+            let hash = keyspace::hash_text(&text);
+            mirror.units.insert(name.clone(), keyspace::UnitRecord { version: 1, hash, text });
+            mirror.desired.insert(name, keyspace::DesiredState::Launched);
+        }
+        mirror
+    }
+
+    #[test]
+    fn a_claim_on_its_way_is_not_made_again_and_loads_its_host() {
+        let mirror = mirror_with(&["a.service", "b.service", "c.service"]);
+        let a = UnitName::parse("a.service").unwrap();
+        let b = UnitName::parse("b.service").unwrap();
+        let pending = [PendingRound {
+            id: 0,
+            claims: vec![(a.clone(), "m1".to_string()), (b.clone(), "m1".to_string())],
+            revision: None,
+        }];
+        let work = Work::from_mirror(&mirror, &mut OptionsCache::default(), &pending);
+        // Only c is left to claim, and m1 already carries two units.
+        let c = UnitName::parse("c.service").unwrap();
+        assert_eq!(work.plan.claim, [(c, "m2".to_string())]);
+        assert!(work.only_claims() && !work.is_empty());
+
+        let work = Work::from_mirror(&mirror, &mut OptionsCache::default(), &[]);
+        assert_eq!(work.plan.claim.len(), 3);
+    }
+
+    #[test]
+    fn a_round_that_releases_or_reports_is_not_claims_only() {
+        let mut mirror = mirror_with(&["a.service"]);
+        let a = UnitName::parse("a.service").unwrap();
+        let claim = ClaimEntry { machine: "m1".to_string(), revision: 5, lease: 1 };
+        mirror.claims.insert(a.clone(), claim);
+        let work = Work::from_mirror(&mirror, &mut OptionsCache::default(), &[]);
+        assert!(work.is_empty());
+
+        // The unit was unloaded: its claim is stale and must go.
+        mirror.desired.insert(a.clone(), keyspace::DesiredState::Inactive);
+        let work = Work::from_mirror(&mirror, &mut OptionsCache::default(), &[]);
+        assert!(!work.only_claims() && !work.is_empty());
+
+        // A problem the engine no longer has a reason for is removed.
+        let mut mirror = mirror_with(&[]);
+        mirror.problems.insert(a, "no machine matches".to_string());
+        let work = Work::from_mirror(&mirror, &mut OptionsCache::default(), &[]);
+        assert!(!work.only_claims());
     }
 
     #[test]
