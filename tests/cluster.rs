@@ -101,14 +101,14 @@ fn conflicts_keep_instances_apart_and_an_unplaceable_start_says_why() {
     hosts.sort();
     assert_eq!(hosts, HOSTS);
 
-    let fourth = s.flotctl(&["start", "excl@4.service", "--timeout", "20s"]);
-    assert_ne!(fourth.code, 0);
-    assert!(fourth.stderr.contains("cannot be placed"), "{}", fourth.stderr);
-    assert!(fourth.stderr.contains("conflict"), "{}", fourth.stderr);
-
-    let mars = s.flotctl(&["start", &files[1], "--timeout", "20s"]);
-    assert_ne!(mars.code, 0);
-    assert!(mars.stderr.contains("region=mars"), "{}", mars.stderr);
+    // Both units that cannot be placed are named, each with its own reason.
+    let run = s.flotctl(&["start", "excl@4.service", &files[1], "--timeout", "20s"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("2 units failed"), "{}", run.stderr);
+    assert!(run.stderr.contains("unit excl@4.service cannot be placed"), "{}", run.stderr);
+    assert!(run.stderr.contains("conflict"), "{}", run.stderr);
+    assert!(run.stderr.contains("unit nowhere.service cannot be placed"), "{}", run.stderr);
+    assert!(run.stderr.contains("region=mars"), "{}", run.stderr);
     let listing = s.ok(&["list-unit-files"]);
     let row = listing.lines().find(|l| l.starts_with("nowhere.service")).unwrap();
     assert!(row.contains("region=mars"), "list-unit-files shows no reason: {row}");
@@ -924,6 +924,44 @@ fn a_unit_name_of_255_bytes_runs_and_destroy_refuses_a_path_to_nothing() {
 
     s.ok(&["destroy", &files[0]]);
     assert!(s.active_on(&long).is_empty(), "{long} is still active");
+}
+
+#[test]
+fn stopping_or_unloading_an_instance_never_made_is_refused_and_stores_nothing() {
+    let s = scenario();
+    s.cleanup(&["ghost@*"]);
+    let files = s.unit_files(&[("ghost@.service", SLEEPER)]);
+    s.ok(&["submit", &files[0]]);
+    for verb in ["stop", "unload", "restart"] {
+        let run = s.flotctl(&[verb, "ghost@7.service"]);
+        assert_eq!(run.code, 1, "{verb}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("unit ghost@7.service does not exist"),
+            "{verb}: {}",
+            run.stderr
+        );
+    }
+    let listing = s.ok(&["list-unit-files", "--no-legend"]);
+    assert!(!listing.contains("ghost@7"), "an instance was stored:\n{listing}");
+    s.ok(&["destroy", "ghost@.service"]);
+}
+
+#[test]
+fn a_start_systemd_refuses_fails_with_the_reason_instead_of_timing_out() {
+    let s = scenario();
+    s.cleanup(&["needy.service"]);
+    let needy = "[Unit]\nRequires=flotilla-absent.service\nAfter=flotilla-absent.service\n\n\
+        [Service]\nExecStart=/bin/sleep infinity\n";
+    let files = s.unit_files(&[("needy.service", needy)]);
+    let run = s.flotctl(&["start", &files[0], "--timeout", "60s"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(!run.stderr.contains("timed out"), "{}", run.stderr);
+    assert!(run.stderr.contains("unit needy.service could not be started"), "{}", run.stderr);
+    assert!(run.stderr.contains("flotilla-absent.service"), "no reason given: {}", run.stderr);
+    // The unit stays launched and is still retried.
+    let status = s.ok(&["status", "needy.service"]);
+    assert!(status.contains("launched"), "{status}");
+    s.ok(&["destroy", "needy.service"]);
 }
 
 #[test]

@@ -47,6 +47,13 @@ async fn prepare(
         true => (Vec::new(), Vec::new()),
         false => resolve(&View::read(store).await?, &names)?,
     };
+    // Only load and start make an instance from its template: stopping or unloading one that
+    // was never made would store a unit nobody asked for.
+    if desired.is_none() {
+        refuse_missing(
+            instances.iter().map(|(name, _)| format!("unit {name} does not exist")).collect(),
+        )?;
+    }
     to_submit.extend(instances);
     // A file may name a template itself; it is stored without a state and refused later.
     let (templates_named, to_submit): (Vec<_>, Vec<_>) =

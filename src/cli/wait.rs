@@ -21,6 +21,9 @@ pub enum Goal {
     Gone,
 }
 
+/// How many refused starts make a start fail instead of waiting on.
+const START_REFUSALS: u32 = 2;
+
 /// How far one unit is from a goal.
 enum Progress {
     Done,
@@ -68,6 +71,18 @@ fn progress(view: &View, name: &UnitName, goal: Goal) -> Progress {
                 if goal == Goal::Active {
                     match state.active.as_str() {
                         "active" => {}
+                        // The start itself was refused twice (systemd or Docker would not take
+                        // it); flotd keeps trying with its backoff, but waiting out the timeout
+                        // would only hide the reason. One refusal may be a busy bus.
+                        "inactive" if state.retries >= START_REFUSALS && state.error.is_some() => {
+                            return Progress::Failed(format!(
+                                "unit {name} could not be started on {} (refused {} times; \
+                                 flotd keeps trying): {}",
+                                view.machine_label(machine, false),
+                                state.retries,
+                                state.error.as_deref().unwrap_or_default()
+                            ));
+                        }
                         "failed" => {
                             return Progress::Failed(format!(
                                 "unit {name} failed on {} ({}/{}); see flotctl status {name}",
@@ -102,14 +117,21 @@ pub async fn wait(
     loop {
         let view = View::read_dirs(store, dirs).await?;
         let mut pending = None;
+        let mut failed = Vec::new();
         for name in names {
             match progress(&view, name, goal) {
                 Progress::Done => {}
-                Progress::Failed(reason) => bail!(reason),
+                Progress::Failed(reason) => failed.push(reason),
                 Progress::Pending(what) => {
                     pending.get_or_insert((name.clone(), what));
                 }
             }
+        }
+        // Every unit that failed is named, so that one run shows them all.
+        match failed.as_slice() {
+            [] => {}
+            [one] => bail!("{one}"),
+            many => bail!("{} units failed: {}", many.len(), many.join("; ")),
         }
         let Some((name, what)) = pending else {
             return Ok(());
