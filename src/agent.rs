@@ -72,6 +72,10 @@ impl AgentConfig {
         if self.endpoints.is_empty() {
             bail!("no etcd endpoints given");
         }
+        if let Some(problem) = self.endpoints.iter().find_map(|e| crate::store::endpoint_problem(e))
+        {
+            bail!("bad --endpoints: {problem}");
+        }
         if let Some(problem) = crate::keyspace::prefix_problem(&self.prefix) {
             bail!("bad --prefix {:?}: {problem}", self.prefix);
         }

@@ -101,6 +101,25 @@ impl Batch {
     }
 }
 
+/// What is wrong with an etcd client URL, if anything. `http://host:port` and a bare
+/// `host:port` are taken; this build speaks no TLS, and any other scheme would only be reported
+/// later as an etcd that cannot be reached.
+pub fn endpoint_problem(endpoint: &str) -> Option<String> {
+    let endpoint = endpoint.trim();
+    if endpoint.is_empty() {
+        return Some("an endpoint is empty".to_string());
+    }
+    match endpoint.split_once("://") {
+        None => None,
+        Some(("http", rest)) if !rest.is_empty() => None,
+        Some(("http", _)) => Some(format!("{endpoint:?} names no host")),
+        Some(("https", _)) => {
+            Some(format!("{endpoint:?}: flotilla talks to etcd over plain http, not https"))
+        }
+        Some((scheme, _)) => Some(format!("{endpoint:?}: unknown scheme {scheme:?}")),
+    }
+}
+
 /// An etcd error in a few words, without the transport's debug dump.
 pub fn describe(error: &etcd_client::Error) -> String {
     match error {
@@ -539,6 +558,22 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_are_plain_http_urls_or_host_and_port() {
+        for good in ["http://10.0.0.1:2379", "127.0.0.1:2379", "etcd1:2379", " http://a:1 "] {
+            assert_eq!(endpoint_problem(good), None, "{good}");
+        }
+        for (bad, why) in [
+            ("https://10.0.0.1:2379", "not https"),
+            ("ftp://10.0.0.1:2379", "unknown scheme \"ftp\""),
+            ("http://", "names no host"),
+            ("  ", "empty"),
+        ] {
+            let problem = endpoint_problem(bad).unwrap_or_default();
+            assert!(problem.contains(why), "{bad:?}: {problem}");
+        }
+    }
 
     #[test]
     fn a_prefix_range_ends_after_its_last_key() {

@@ -769,6 +769,11 @@ fn an_unknown_listing_field_is_a_usage_error_before_etcd_is_asked() {
     let empty = s.flotctl(&["--endpoints", "", "list-units"]);
     assert_eq!(empty.code, 2, "{}", empty.stderr);
     assert!(empty.stderr.contains("an endpoint is empty"), "{}", empty.stderr);
+    for (url, why) in [("ftp://127.0.0.1:1", "unknown scheme"), ("https://127.0.0.1:1", "https")] {
+        let run = s.flotctl(&["--endpoints", url, "list-units"]);
+        assert_eq!(run.code, 2, "{url}: {}", run.stderr);
+        assert!(run.stderr.contains(why) && !run.stderr.contains("unreachable"), "{}", run.stderr);
+    }
     for prefix in ["", "flotilla", "/"] {
         let run = s.flotctl(&["--endpoints", nowhere, "--prefix", prefix, "list-units"]);
         assert_eq!(run.code, 2, "--prefix {prefix:?}: {}", run.stderr);

@@ -87,12 +87,15 @@ impl Cli {
         if let Some(problem) = crate::keyspace::prefix_problem(&self.prefix).filter(|_| !offline) {
             return Err(usage(format!("--prefix {:?}: {problem}", self.prefix)));
         }
-        if !offline && self.endpoints.iter().any(|e| e.trim().is_empty()) {
-            return Err(usage(
-                "--endpoints: an endpoint is empty (give URLs such as \
-                http://10.0.0.1:2379, comma-separated)"
-                    .to_string(),
-            ));
+        if let Some(problem) = self
+            .endpoints
+            .iter()
+            .find_map(|e| crate::store::endpoint_problem(e))
+            .filter(|_| !offline)
+        {
+            return Err(usage(format!(
+                "--endpoints: {problem} (give URLs such as http://10.0.0.1:2379, comma-separated)"
+            )));
         }
         fields.map_err(|message| match self.command {
             Command::Journal(_) => usage(format!("--lines: {message}")),
