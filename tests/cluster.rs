@@ -946,8 +946,19 @@ fn stopping_or_unloading_an_instance_never_made_is_refused_and_stores_nothing() 
             run.stderr
         );
     }
+    // A path to an instance with no file of its own names the instance too.
+    let path = files[0].replace("ghost@.", "ghost@8.");
+    for verb in ["stop", "unload"] {
+        let run = s.flotctl(&[verb, &path]);
+        assert_eq!(run.code, 1, "{verb}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("unit ghost@8.service does not exist"),
+            "{verb}: {}",
+            run.stderr
+        );
+    }
     let listing = s.ok(&["list-unit-files", "--no-legend"]);
-    assert!(!listing.contains("ghost@7"), "an instance was stored:\n{listing}");
+    assert!(!listing.contains("ghost@7") && !listing.contains("ghost@8"), "stored:\n{listing}");
     s.ok(&["destroy", "ghost@.service"]);
 }
 

@@ -60,14 +60,15 @@ fn holds_image(s: &common::Scenario, host: &str, image: &str) -> bool {
     s.host_output(host, &["docker", "image", "inspect", image]).status.success()
 }
 
+/// Now, as `docker events` reads a moment: seconds and nanoseconds. Whole seconds would count
+/// a pull logged earlier in the same second, such as the pre-pull just before a failover.
 fn epoch() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    now.as_secs().to_string()
+    format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
 }
 
-/// The image pulls a host's engine logged from an `epoch()` reading until now. The times are
-/// whole seconds, so the reading runs to the next second: an event of this very second would
-/// otherwise be missed.
+/// The image pulls a host's engine logged from an `epoch()` reading until now. `--until` takes
+/// the next whole second: an event of this very second would otherwise be missed.
 fn pulls_on(s: &common::Scenario, host: &str, since: &str) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     let until = (now.as_secs() + 1).to_string();

@@ -36,12 +36,18 @@ async fn prepare(
     replace: bool,
     desired: Option<DesiredState>,
 ) -> anyhow::Result<Prepared> {
-    let names: Vec<String> = args.iter().filter(|arg| !is_path(arg)).cloned().collect();
+    let mut names: Vec<String> = args.iter().filter(|arg| !is_path(arg)).cloned().collect();
     let mut to_submit = Vec::new();
     let mut templates = Vec::new();
     for file in files {
+        let made_from_template = file.template.is_some();
         templates.extend(file.template);
-        to_submit.push((file.name, file.text));
+        // Without a state to give, an instance path with no file of its own only names the
+        // instance, which must then be in the cluster; its template is still stored.
+        match desired.is_none() && made_from_template {
+            true => names.push(file.name.to_string()),
+            false => to_submit.push((file.name, file.text)),
+        }
     }
     let (mut resolved, instances) = match names.is_empty() {
         true => (Vec::new(), Vec::new()),
