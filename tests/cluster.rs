@@ -963,6 +963,24 @@ fn stopping_or_unloading_an_instance_never_made_is_refused_and_stores_nothing() 
 }
 
 #[test]
+fn list_unit_files_json_has_the_same_keys_whatever_the_cluster_holds() {
+    let s = scenario();
+    s.cleanup(&["plain.service"]);
+    let files = s.unit_files(&[("plain.service", SLEEPER)]);
+    s.ok(&["submit", &files[0]]);
+    // No container unit and nothing unplaceable among these: the optional fields are null,
+    // not absent, so a script reads the same keys on every cluster.
+    let json = s.ok(&["list-unit-files", "-o", "json"]);
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let plain = rows.as_array().unwrap().iter().find(|r| r["unit"] == "plain.service").unwrap();
+    for key in ["unit", "hash", "dstate", "state", "target", "images", "reason"] {
+        assert!(plain.get(key).is_some(), "no {key:?} in {plain}");
+    }
+    assert!(plain["reason"].is_null() && plain["images"].is_null(), "{plain}");
+    s.ok(&["destroy", "plain.service"]);
+}
+
+#[test]
 fn a_start_systemd_refuses_fails_with_the_reason_instead_of_timing_out() {
     let s = scenario();
     s.cleanup(&["needy.service"]);

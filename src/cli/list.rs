@@ -182,12 +182,15 @@ pub async fn list_unit_files(store: &Store, args: &ListArgs) -> anyhow::Result<(
         ]));
     }
     let mut default = vec!["unit", "hash", "dstate", "state", "target"];
+    // JSON keeps one shape whatever the cluster holds: its optional fields are always there,
+    // null when empty. A table shows them only when they say something.
+    let json = args.output == Output::Json;
     // How many eligible hosts hold the image, once there is a container unit to count for.
-    if rows.iter().any(|row| row["images"] != "-") {
+    if json || rows.iter().any(|row| row["images"] != "-") {
         default.push("images");
     }
     // The reason column appears only when some unit cannot be placed.
-    if !view.problems.is_empty() {
+    if json || !view.problems.is_empty() {
         default.push("reason");
     }
     print(args, &UNIT_FILE_FIELDS, &default, &rows)
