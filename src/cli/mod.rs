@@ -453,10 +453,16 @@ pub(crate) fn resolve(
 
 /// Fails naming every argument that matched no unit, so that one run shows them all.
 pub(crate) fn refuse_missing(missing: Vec<String>) -> anyhow::Result<()> {
-    match missing.as_slice() {
+    fail_naming_all(&missing, "arguments match no unit")
+}
+
+/// Fails with every one of `failures`, so that one run shows them all; `several` says what
+/// they are when there is more than one.
+pub(crate) fn fail_naming_all(failures: &[String], several: &str) -> anyhow::Result<()> {
+    match failures {
         [] => Ok(()),
         [one] => bail!("{one}"),
-        many => bail!("{} arguments match no unit: {}", many.len(), many.join("; ")),
+        many => bail!("{} {several}: {}", many.len(), many.join("; ")),
     }
 }
 

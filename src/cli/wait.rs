@@ -127,12 +127,7 @@ pub async fn wait(
                 }
             }
         }
-        // Every unit that failed is named, so that one run shows them all.
-        match failed.as_slice() {
-            [] => {}
-            [one] => bail!("{one}"),
-            many => bail!("{} units failed: {}", many.len(), many.join("; ")),
-        }
+        super::fail_naming_all(&failed, "units failed")?;
         let Some((name, what)) = pending else {
             return Ok(());
         };
