@@ -128,16 +128,6 @@ struct PendingRound {
     revision: Option<i64>,
 }
 
-/// What a finished round reports back to [`lead`].
-struct RoundDone {
-    id: u64,
-    claims: usize,
-    releases: usize,
-    planned_ms: u128,
-    started: std::time::Instant,
-    result: anyhow::Result<i64>,
-}
-
 /// Places units whenever the mirror changes, until another host holds the engine key.
 ///
 /// A round that only adds claims goes out at once, beside rounds still being written. Every
@@ -189,8 +179,12 @@ async fn lead(
             rounds.push(async move {
                 let started = std::time::Instant::now();
                 let result = apply(store, config, &work).await;
-                let (claims, releases) = (work.plan.claim.len(), work.plan.release.len());
-                RoundDone { id, claims, releases, planned_ms: work.planned_ms, started, result }
+                if result.is_ok() {
+                    let (claims, releases) = (work.plan.claim.len(), work.plan.release.len());
+                    let (planned_ms, applied_ms) = (work.planned_ms, started.elapsed().as_millis());
+                    debug!(claims, releases, planned_ms, applied_ms, "placement round");
+                }
+                (id, result)
             });
         }
 
@@ -206,23 +200,18 @@ async fn lead(
                     return;
                 }
             }
-            Some(done) = rounds.next(), if !rounds.is_empty() => {
-                let round = pending.iter_mut().find(|r| r.id == done.id);
-                match done.result {
+            Some((id, result)) = rounds.next(), if !rounds.is_empty() => {
+                match result {
                     Ok(revision) => {
                         written_revision = written_revision.max(revision);
-                        if let Some(round) = round {
+                        if let Some(round) = pending.iter_mut().find(|r| r.id == id) {
                             round.revision = Some(revision);
                         }
-                        let applied_ms = done.started.elapsed().as_millis();
-                        let (claims, releases, planned_ms) =
-                            (done.claims, done.releases, done.planned_ms);
-                        debug!(claims, releases, planned_ms, applied_ms, "placement round");
                     }
                     Err(error) => {
                         // What the round wrote, if anything, reaches the mirror as usual; what
                         // it did not is planned again once the pause is over.
-                        pending.retain(|r| r.id != done.id);
+                        pending.retain(|r| r.id != id);
                         warn!(error = %format!("{error:#}"), "failed to apply placement");
                         paused_until = Some(tokio::time::Instant::now() + RETRY_PAUSE);
                     }
